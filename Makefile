@@ -1,0 +1,42 @@
+# creditmeter — two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+DEMO   ?=
+
+.PHONY: serve test check lint format typecheck bench clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## Serve the API on $(HOST):$(PORT) with the embedded SQLite database (DEMO=1 seeds demo data).
+serve: $(STAMP)
+	$(BIN)/creditmeter serve --host $(HOST) --port $(PORT) $(if $(DEMO),--demo,)
+
+## Lint, type checks, import contracts, then the whole suite on SQLite and PostgreSQL.
+test: check
+	$(BIN)/python -m pytest --cov=creditmeter --cov-report=term:skip-covered $(PYTEST_ARGS)
+
+check: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,57 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from creditmeter import __version__
+from creditmeter.api import problems, routes_ledger, routes_orgs
+from creditmeter.api.problems import problem
+from creditmeter.config import Settings
+from creditmeter.kit.db import Database
+
+DESCRIPTION = """
+creditmeter prices AI Engine operations, debits each organization's prepaid credits in real time and
+keeps an exact double-entry ledger of every change.
+
+Authenticate with `Authorization: Bearer <API key>`. Credits are decimal strings (`"12.5"`) with at most
+six decimal places. Errors are `application/problem+json` with a stable `code`.
+"""
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    app = FastAPI(
+        title="creditmeter",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.db = db or Database(settings.database_url)
+    problems.install(app)
+    app.include_router(routes_orgs.router)
+    app.include_router(routes_ledger.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], response_model=None)
+    def readyz() -> Any:
+        """The database answers."""
+        try:
+            with app.state.db.read() as session:
+                session.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
+            return problem(503, "database_unavailable", f"database unreachable: {type(exc).__name__}")
+        return JSONResponse({"status": "ready", "database": app.state.db.dialect})
+
+    return app

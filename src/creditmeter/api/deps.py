@@ -1,0 +1,85 @@
+"""Dependencies shared by the routers: the database, the caller and the access rules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from creditmeter.config import Settings
+from creditmeter.errors import Forbidden, NotFound, Unauthorized
+from creditmeter.kit import clock
+from creditmeter.kit.db import Database
+from creditmeter.orgs import service as orgs
+from creditmeter.orgs.service import Principal, Scope
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `cm_live_…` or `cm_test_…`.")
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_principal(
+    db: Annotated[Database, Depends(get_db)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized(
+            "send your API key as 'Authorization: Bearer cm_live_…'", code="missing_api_key"
+        )
+    now = clock.now()
+    with db.read() as session:
+        principal, touch = orgs.authenticate(
+            session, credentials.credentials, now, settings.key_touch_interval_seconds
+        )
+    if touch:
+        with db.write() as session:
+            orgs.touch_api_key(session, principal.key_id, now)
+    return principal
+
+
+DB = Annotated[Database, Depends(get_db)]
+Caller = Annotated[Principal, Depends(get_principal)]
+
+READ_SCOPES = frozenset({Scope.ORG_ADMIN, Scope.ORG_READ})
+BALANCE_SCOPES = frozenset({Scope.ORG_ADMIN, Scope.ORG_READ, Scope.ORG_INGEST})
+ADMIN_SCOPES = frozenset({Scope.ORG_ADMIN})
+
+
+def authorize_org(principal: Principal, org_id: str, scopes: frozenset[str]) -> None:
+    """Operators reach every organization. An organization key reaches only its own: for any other
+    organization it gets the same 404 as for one that does not exist, so existence never leaks."""
+    if principal.is_operator:
+        return
+    if principal.organization_id != org_id:
+        raise NotFound(f"organization {org_id} not found")
+    if not principal.scopes & scopes:
+        needed = " or ".join(sorted(scopes))
+        raise Forbidden(f"this API key lacks the scope for this action (needs {needed})",
+                        code="insufficient_scope")
+
+
+def require_operator(principal: Principal) -> None:
+    if not principal.is_operator:
+        raise Forbidden("only an operator key may do this", code="operator_only")
+
+
+def environment_for(principal: Principal, requested: str | None) -> str:
+    """A key works in its own environment; an operator key may ask for the other one."""
+    if requested is None or requested == principal.environment:
+        return principal.environment
+    if principal.is_operator:
+        return requested
+    raise Forbidden(
+        f"this {principal.environment} key cannot act on the {requested} environment",
+        code="environment_mismatch",
+    )

@@ -1,0 +1,141 @@
+"""Organizations, projects, members and API keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from creditmeter.api.deps import (
+    ADMIN_SCOPES,
+    DB,
+    READ_SCOPES,
+    Caller,
+    authorize_org,
+    require_operator,
+)
+from creditmeter.api.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    MemberCreate,
+    MemberOut,
+    OrganizationCreate,
+    OrganizationOut,
+    Page,
+    ProjectCreate,
+    ProjectOut,
+)
+from creditmeter.kit import clock
+from creditmeter.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
+from creditmeter.orgs import service as orgs
+
+router = APIRouter(prefix="/v1/organizations", tags=["organizations"])
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(max_length=200)]
+
+
+def _page(items: list[object], next_id: str | None) -> dict[str, object]:
+    return {
+        "data": items,
+        "has_more": next_id is not None,
+        "next_cursor": encode_cursor(next_id) if next_id else None,
+    }
+
+
+@router.post("", status_code=201, response_model=OrganizationOut)
+def create_organization(body: OrganizationCreate, caller: Caller, db: DB) -> object:
+    """Create an organization (operator keys only). Its live and test balances start at zero."""
+    require_operator(caller)
+    with db.write() as session:
+        return orgs.create_organization(session, body.name, body.external_id, clock.now())
+
+
+@router.get("", response_model=Page[OrganizationOut])
+def list_organizations(
+    caller: Caller, db: DB, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> object:
+    """Every organization for an operator key; an organization key sees only its own."""
+    only = None if caller.is_operator else caller.organization_id
+    with db.read() as session:
+        rows, next_id = orgs.list_organizations(session, cursor, limit, only)
+        return _page(list(rows), next_id)
+
+
+@router.get("/{org_id}", response_model=OrganizationOut)
+def get_organization(org_id: str, caller: Caller, db: DB) -> object:
+    authorize_org(caller, org_id, READ_SCOPES)
+    with db.read() as session:
+        return orgs.get_organization(session, org_id)
+
+
+@router.post("/{org_id}/projects", status_code=201, response_model=ProjectOut)
+def create_project(org_id: str, body: ProjectCreate, caller: Caller, db: DB) -> object:
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    with db.write() as session:
+        orgs.get_organization(session, org_id)
+        return orgs.create_project(session, org_id, body.name, clock.now())
+
+
+@router.get("/{org_id}/projects", response_model=Page[ProjectOut])
+def list_projects(
+    org_id: str, caller: Caller, db: DB, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> object:
+    authorize_org(caller, org_id, READ_SCOPES)
+    with db.read() as session:
+        orgs.get_organization(session, org_id)
+        rows, next_id = orgs.list_projects(session, org_id, cursor, limit)
+        return _page(list(rows), next_id)
+
+
+@router.post("/{org_id}/members", status_code=201, response_model=MemberOut)
+def add_member(org_id: str, body: MemberCreate, caller: Caller, db: DB) -> object:
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    with db.write() as session:
+        orgs.get_organization(session, org_id)
+        return orgs.add_member(session, org_id, body.email, body.role, clock.now())
+
+
+@router.get("/{org_id}/members", response_model=Page[MemberOut])
+def list_members(
+    org_id: str, caller: Caller, db: DB, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> object:
+    authorize_org(caller, org_id, READ_SCOPES)
+    with db.read() as session:
+        orgs.get_organization(session, org_id)
+        rows, next_id = orgs.list_members(session, org_id, cursor, limit)
+        return _page(list(rows), next_id)
+
+
+@router.post("/{org_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
+def create_api_key(org_id: str, body: ApiKeyCreate, caller: Caller, db: DB) -> object:
+    """Create an organization key. The secret is in this response only; it is stored as a hash."""
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    with db.write() as session:
+        orgs.get_organization(session, org_id)
+        key, secret = orgs.create_api_key(
+            session, org_id, body.name, body.scopes, body.environment, clock.now()
+        )
+        out = ApiKeyOut.model_validate(key, from_attributes=True).model_dump()
+        return {**out, "key": secret}
+
+
+@router.get("/{org_id}/api-keys", response_model=Page[ApiKeyOut])
+def list_api_keys(
+    org_id: str, caller: Caller, db: DB, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> object:
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    with db.read() as session:
+        orgs.get_organization(session, org_id)
+        rows, next_id = orgs.list_api_keys(session, org_id, cursor, limit)
+        return _page(list(rows), next_id)
+
+
+@router.delete("/{org_id}/api-keys/{key_id}", response_model=ApiKeyOut)
+def revoke_api_key(org_id: str, key_id: str, caller: Caller, db: DB, response: Response) -> object:
+    """Revoke a key at once; requests with it get 401 from now on. Revoking twice is harmless."""
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    with db.write() as session:
+        orgs.get_organization(session, org_id)
+        return orgs.revoke_api_key(session, org_id, key_id, clock.now())

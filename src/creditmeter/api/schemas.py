@@ -1,0 +1,203 @@
+"""Request and response bodies of the v1 API. Credits travel as decimal strings; requests reject
+unknown fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+from creditmeter.kit.credits import CreditsFormatError, parse_credits
+from creditmeter.ledger.domain import LotSource
+from creditmeter.orgs.service import Environment, Role, Scope
+
+
+def _positive_credits(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(
+            'credits must be a decimal string such as "12.5", not a JSON number '
+            "(numbers lose precision)"
+        )
+    try:
+        micros = parse_credits(value)
+    except CreditsFormatError as exc:
+        raise ValueError(str(exc)) from exc
+    if micros <= 0:
+        raise ValueError(f'credits must be greater than zero (got "{value}"); send e.g. "1000"')
+    return micros
+
+
+def _money_per_credit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError('cost_basis must be a decimal string such as "0.01", not a JSON number')
+    try:
+        micros = parse_credits(value)
+    except CreditsFormatError as exc:
+        raise ValueError(str(exc).replace("credits", "cost_basis")) from exc
+    if micros < 0:
+        raise ValueError('cost_basis cannot be negative; send "0" for free credits')
+    return micros
+
+
+PositiveCredits = Annotated[
+    int,
+    BeforeValidator(_positive_credits),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$", "examples": ["1000", "12.5"],
+         "description": "Credits as a decimal string with at most 6 decimal places."}
+    ),
+]
+MoneyPerCredit = Annotated[
+    int,
+    BeforeValidator(_money_per_credit),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$", "examples": ["0.01"],
+         "description": "Money paid per credit, in the currency's major unit, as a decimal string."}
+    ),
+]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+T = TypeVar("T")
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None
+
+
+class OrganizationCreate(Request):
+    name: Name
+    external_id: Name | None = None
+
+
+class OrganizationOut(BaseModel):
+    id: str
+    name: str
+    external_id: str | None
+    status: str
+    created_at: datetime
+
+
+class ProjectCreate(Request):
+    name: Name
+
+
+class ProjectOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class MemberCreate(Request):
+    email: EmailStr
+    role: Role
+
+
+class MemberOut(BaseModel):
+    id: str
+    email: str
+    role: str
+    created_at: datetime
+
+
+class ApiKeyCreate(Request):
+    name: Name
+    scopes: list[Scope] = Field(min_length=1)
+    environment: Environment = Environment.LIVE
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    environment: str
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret. Shown only in this response; store it now.")
+
+
+class GrantCreate(Request):
+    credits: PositiveCredits
+    source: LotSource
+    reason: Reason
+    expires_at: AwareDatetime | None = None
+    effective_at: AwareDatetime | None = None
+    priority: int = Field(default=100, ge=0, le=1_000_000)
+    cost_basis: MoneyPerCredit | None = None
+
+
+class LotOut(BaseModel):
+    id: str
+    source: str
+    credits: str
+    remaining: str
+    effective_at: datetime
+    expires_at: datetime | None
+    priority: int
+    cost_basis: str
+    currency: str
+    reason: str
+    created_at: datetime
+
+
+class LotSummary(BaseModel):
+    id: str
+    source: str
+    remaining: str
+    effective_at: datetime
+    expires_at: datetime | None
+    priority: int
+
+
+class BalanceOut(BaseModel):
+    organization_id: str
+    environment: str
+    available: str
+    arrears: str
+    held: str
+    paused: bool
+    lots: list[LotSummary] = Field(
+        description="Lots with credits left: spendable lots in the order they pay, then lots not "
+        "yet effective."
+    )
+
+
+class PostingOut(BaseModel):
+    account: str
+    lot_id: str | None
+    credits: str
+
+
+class JournalTransactionOut(BaseModel):
+    id: str
+    kind: str
+    description: str
+    environment: str
+    reverses: str | None
+    created_at: datetime
+    postings: list[PostingOut]
+
+
+class ReverseRequest(Request):
+    reason: Reason

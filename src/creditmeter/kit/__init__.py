@@ -1,0 +1,1 @@
+"""Helpers that know no business area: credits, time, ids, database plumbing, pagination."""

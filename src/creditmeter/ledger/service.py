@@ -1,0 +1,483 @@
+"""Ledger services: the single write path into the journal, and the operations built on it.
+
+Every function takes the caller's ``Session`` and never commits: the request or job wrapper does.
+All writes for one organization and environment serialize on its ``balances`` row (``SELECT … FOR UPDATE``
+on PostgreSQL; SQLite's writer transactions are already serialized by ``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from creditmeter.errors import Conflict, InvalidRequest, NotFound
+from creditmeter.kit.ids import new_id
+from creditmeter.ledger import domain
+from creditmeter.ledger.domain import Account, LotState, Posting
+from creditmeter.ledger.models import Balance, JournalTransaction, Lot
+from creditmeter.ledger.models import Posting as PostingRow
+
+ENVIRONMENTS = ("live", "test")
+
+
+class InvariantViolation(Conflict):
+    """A write that would break a ledger invariant; nothing was written."""
+
+    code = "ledger_invariant"
+
+
+@dataclass(frozen=True)
+class TransactionDraft:
+    """A journal transaction waiting to be posted."""
+
+    kind: str
+    description: str
+    postings: Sequence[Posting]
+    reverses_id: int | None = None
+
+
+@dataclass
+class LockedBalance:
+    organization_id: str
+    environment: str
+    lots_micros: int
+    arrears_micros: int
+    held_micros: int
+
+
+@dataclass(frozen=True)
+class DebitResult:
+    transaction_id: int
+    amount_micros: int
+    takes: tuple[tuple[str, int], ...]
+    arrears_added_micros: int
+
+
+@dataclass(frozen=True)
+class BalanceView:
+    available_micros: int
+    arrears_micros: int
+    held_micros: int
+    lots: list[Lot] = field(default_factory=list)
+
+    @property
+    def paused(self) -> bool:
+        return self.available_micros <= 0
+
+
+def create_balances(session: Session, organization_id: str, now: datetime) -> None:
+    """Open the organization's live and test balances (called once, when it is created)."""
+    session.execute(
+        insert(Balance),
+        [
+            {"organization_id": organization_id, "environment": env, "lots_micros": 0,
+             "arrears_micros": 0, "held_micros": 0, "updated_at": now}
+            for env in ENVIRONMENTS
+        ],
+    )
+
+
+def lock_balance(session: Session, organization_id: str, environment: str) -> LockedBalance:
+    """Take the organization's write lock and read its materialized balance."""
+    row = session.execute(
+        select(Balance.lots_micros, Balance.arrears_micros, Balance.held_micros)
+        .where(Balance.organization_id == organization_id, Balance.environment == environment)
+        .with_for_update()
+    ).first()
+    if row is None:
+        raise NotFound(f"organization {organization_id} not found")
+    return LockedBalance(organization_id, environment, *row)
+
+
+def post(
+    session: Session,
+    balance: LockedBalance,
+    drafts: Sequence[TransactionDraft],
+    now: datetime,
+) -> list[int]:
+    """The one write path into the journal. Posts every draft for one organization, in one statement per
+    table, and moves the materialized lot remainders and balance by exactly the postings' sums.
+
+    Checks, before writing anything: each draft sums to zero; every lot named belongs to this
+    organization and environment; no lot would go below zero; arrears never turn into credit.
+    """
+    if not drafts:
+        return []
+    lot_deltas: dict[str, int] = defaultdict(int)
+    arrears_delta = held_delta = 0
+    for draft in drafts:
+        try:
+            domain.check_balanced(draft.postings)
+        except domain.UnbalancedTransaction as exc:
+            raise InvariantViolation(f"{draft.kind}: {exc}") from exc
+        for p in draft.postings:
+            if p.account == Account.LOT:
+                if p.lot_id is None:
+                    raise InvariantViolation("a lot posting must name its lot")
+                lot_deltas[p.lot_id] += p.amount_micros
+            elif p.lot_id is not None:
+                raise InvariantViolation(f"account {p.account} cannot name a lot")
+            elif p.account == Account.ARREARS:
+                arrears_delta += p.amount_micros
+            elif p.account == Account.HELD:
+                held_delta += p.amount_micros
+    _check_lots(session, balance, lot_deltas)
+    new_arrears = balance.arrears_micros - arrears_delta
+    if new_arrears < 0:
+        raise InvariantViolation("arrears would become negative")
+    new_held = balance.held_micros + held_delta
+    if new_held < 0:
+        raise InvariantViolation("held credits would become negative")
+
+    org, env = balance.organization_id, balance.environment
+    ids = list(
+        session.scalars(
+            insert(JournalTransaction).returning(
+                JournalTransaction.id, sort_by_parameter_order=True
+            ),
+            [
+                {"organization_id": org, "environment": env, "kind": d.kind,
+                 "description": d.description[:500], "reverses_id": d.reverses_id,
+                 "created_at": now}
+                for d in drafts
+            ],
+        )
+    )
+    session.execute(
+        insert(PostingRow),
+        [
+            {"transaction_id": txn_id, "organization_id": org, "environment": env,
+             "account": p.account, "lot_id": p.lot_id, "amount_micros": p.amount_micros}
+            for txn_id, d in zip(ids, drafts, strict=True)
+            for p in d.postings
+        ],
+    )
+    changed = [(lot_id, delta) for lot_id, delta in lot_deltas.items() if delta]
+    if changed:
+        lots = Lot.__table__
+        session.connection().execute(
+            update(lots)
+            .where(lots.c.id == bindparam("b_lot_id"))
+            .values(remaining_micros=lots.c.remaining_micros + bindparam("b_delta")),
+            [{"b_lot_id": lot_id, "b_delta": delta} for lot_id, delta in changed],
+        )
+    lots_delta = sum(lot_deltas.values())
+    session.execute(
+        update(Balance)
+        .where(Balance.organization_id == org, Balance.environment == env)
+        .values(
+            lots_micros=Balance.lots_micros + lots_delta,
+            arrears_micros=new_arrears,
+            held_micros=new_held,
+            updated_at=now,
+        )
+    )
+    balance.lots_micros += lots_delta
+    balance.arrears_micros = new_arrears
+    balance.held_micros = new_held
+    return ids
+
+
+def _check_lots(session: Session, balance: LockedBalance, deltas: dict[str, int]) -> None:
+    if not deltas:
+        return
+    rows = session.execute(
+        select(Lot.id, Lot.organization_id, Lot.environment, Lot.remaining_micros).where(
+            Lot.id.in_(list(deltas))
+        )
+    ).all()
+    found = {r.id: r for r in rows}
+    for lot_id, delta in deltas.items():
+        row = found.get(lot_id)
+        if row is None or (row.organization_id, row.environment) != (
+            balance.organization_id,
+            balance.environment,
+        ):
+            raise InvariantViolation(
+                "a journal transaction may only touch lots of its own organization"
+            )
+        if row.remaining_micros + delta < 0:
+            raise InvariantViolation(f"lot {lot_id} would go below zero")
+
+
+def load_lot_states(session: Session, organization_id: str, environment: str) -> list[LotState]:
+    """Every lot with credits left (usable or not yet), as pure values."""
+    rows = session.execute(
+        select(
+            Lot.id, Lot.source, Lot.remaining_micros, Lot.effective_at, Lot.expires_at,
+            Lot.priority, Lot.created_at,
+        ).where(
+            Lot.organization_id == organization_id,
+            Lot.environment == environment,
+            Lot.remaining_micros > 0,
+        )
+    ).all()
+    return [LotState(*r) for r in rows]
+
+
+def settle_arrears(session: Session, balance: LockedBalance, now: datetime) -> int | None:
+    """Pay outstanding arrears from usable lots, in burn order. Returns the transaction id, if any."""
+    if balance.arrears_micros <= 0:
+        return None
+    plan = domain.plan_arrears_settlement(
+        load_lot_states(session, balance.organization_id, balance.environment),
+        balance.arrears_micros,
+        now,
+    )
+    postings = domain.settlement_postings(plan)
+    if not postings:
+        return None
+    draft = TransactionDraft("arrears_settlement", "new credits pay outstanding arrears", postings)
+    return post(session, balance, [draft], now)[0]
+
+
+@dataclass(frozen=True)
+class GrantRequest:
+    amount_micros: int
+    source: domain.LotSource
+    reason: str
+    effective_at: datetime
+    expires_at: datetime | None
+    priority: int = 100
+    cost_basis_micros: int = 0
+    currency: str = "USD"
+
+
+def grant(
+    session: Session,
+    organization_id: str,
+    environment: str,
+    request: GrantRequest,
+    now: datetime,
+) -> str:
+    """Create a lot and issue its credits; outstanding arrears are paid first. Returns the lot id."""
+    if request.amount_micros <= 0:
+        raise InvalidRequest("a grant must be positive", code="invalid_credits")
+    if request.source == domain.LotSource.PROMO and request.cost_basis_micros:
+        raise InvalidRequest(
+            "promotional credits have a cost basis of zero; omit cost_basis",
+            code="invalid_cost_basis",
+        )
+    if request.expires_at is not None and request.expires_at <= request.effective_at:
+        raise InvalidRequest(
+            "expires_at must be later than effective_at", code="invalid_expiry"
+        )
+    balance = lock_balance(session, organization_id, environment)
+    lot_id = new_id("lot")
+    session.execute(
+        insert(Lot).values(
+            id=lot_id,
+            organization_id=organization_id,
+            environment=environment,
+            source=request.source.value,
+            amount_micros=request.amount_micros,
+            remaining_micros=0,
+            effective_at=request.effective_at,
+            expires_at=request.expires_at,
+            priority=request.priority,
+            cost_basis_micros=request.cost_basis_micros,
+            currency=request.currency,
+            reason=request.reason[:500],
+            created_at=now,
+        )
+    )
+    issuance = TransactionDraft(
+        "grant",
+        request.reason,
+        [
+            Posting(Account.LOT, request.amount_micros, lot_id),
+            Posting(Account.issuance(request.source.value), -request.amount_micros),
+        ],
+    )
+    post(session, balance, [issuance], now)
+    settle_arrears(session, balance, now)
+    return lot_id
+
+
+def debit(
+    session: Session,
+    organization_id: str,
+    environment: str,
+    amount_micros: int,
+    operation: str,
+    description: str,
+    now: datetime,
+) -> DebitResult:
+    """Consume credits in burn order; what the lots cannot pay goes to arrears (the usage happened)."""
+    if amount_micros <= 0:
+        raise InvalidRequest("a debit must be positive", code="invalid_credits")
+    balance = lock_balance(session, organization_id, environment)
+    settle_arrears(session, balance, now)
+    plan = domain.plan_debit(
+        load_lot_states(session, organization_id, environment), amount_micros, now
+    )
+    draft = TransactionDraft(
+        "debit", description, domain.debit_postings(plan, Account.consumption(operation))
+    )
+    txn_id = post(session, balance, [draft], now)[0]
+    return DebitResult(txn_id, amount_micros, plan.takes, plan.arrears_micros)
+
+
+def expire_due(
+    session: Session, now: datetime, organization_id: str | None = None
+) -> list[tuple[str, str, int]]:
+    """Post the remainder of every lot whose expiry has come to breakage, one transaction per
+    organization and environment. Returns ``(organization_id, environment, micros expired)``.
+    Running it twice expires nothing the second time."""
+    due = (
+        select(Lot.organization_id, Lot.environment)
+        .where(Lot.remaining_micros > 0, Lot.expires_at.is_not(None), Lot.expires_at <= now)
+        .distinct()
+    )
+    if organization_id is not None:
+        due = due.where(Lot.organization_id == organization_id)
+    results = []
+    for org, env in session.execute(due).all():
+        balance = lock_balance(session, org, env)
+        lots = [
+            lot for lot in load_lot_states(session, org, env) if domain.is_due_to_expire(lot, now)
+        ]
+        if not lots:
+            continue
+        total = sum(lot.remaining_micros for lot in lots)
+        postings = [Posting(Account.LOT, -lot.remaining_micros, lot.id) for lot in lots]
+        postings.append(Posting(Account.BREAKAGE, total))
+        post(session, balance, [TransactionDraft("expiry", "unused credits expired", postings)], now)
+        results.append((org, env, total))
+    return results
+
+
+def get_balance(
+    session: Session, organization_id: str, environment: str, now: datetime
+) -> BalanceView:
+    """Available = usable lots − arrears − held, read from the same rows the write path changes."""
+    row = session.execute(
+        select(Balance.arrears_micros, Balance.held_micros).where(
+            Balance.organization_id == organization_id, Balance.environment == environment
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"organization {organization_id} not found")
+    lots = session.execute(
+        select(Lot)
+        .where(
+            Lot.organization_id == organization_id,
+            Lot.environment == environment,
+            Lot.remaining_micros > 0,
+            (Lot.expires_at.is_(None)) | (Lot.expires_at > now),
+        )
+    ).scalars().all()
+    states = {lot.id: _state(lot) for lot in lots}
+    usable = domain.burn_order(states.values(), now)
+    usable_ids = {s.id for s in usable}
+    pending = sorted(
+        (s for s in states.values() if s.id not in usable_ids), key=lambda s: s.effective_at
+    )
+    by_id = {lot.id: lot for lot in lots}
+    ordered = [by_id[s.id] for s in [*usable, *pending]]
+    available = sum(s.remaining_micros for s in usable) - row.arrears_micros - row.held_micros
+    return BalanceView(available, row.arrears_micros, row.held_micros, ordered)
+
+
+def _state(lot: Lot) -> LotState:
+    return LotState(
+        lot.id, lot.source, lot.remaining_micros, lot.effective_at, lot.expires_at,
+        lot.priority, lot.created_at,
+    )
+
+
+def transaction_postings(session: Session, transaction_id: int) -> list[Posting]:
+    rows = session.execute(
+        select(PostingRow.account, PostingRow.amount_micros, PostingRow.lot_id)
+        .where(PostingRow.transaction_id == transaction_id)
+        .order_by(PostingRow.id)
+    ).all()
+    return [Posting(r.account, r.amount_micros, r.lot_id) for r in rows]
+
+
+def reverse(
+    session: Session, organization_id: str, transaction_id: int, reason: str, now: datetime
+) -> int:
+    """Undo a journal transaction with a new one that negates its postings. Credits that would return
+    to a lot that has since expired (or to arrears already paid) go to a new adjustment lot instead.
+    A transaction is reversed at most once; a reversal is not itself reversible."""
+    original = session.execute(
+        select(JournalTransaction).where(
+            JournalTransaction.id == transaction_id,
+            JournalTransaction.organization_id == organization_id,
+        )
+    ).scalar_one_or_none()
+    if original is None:
+        raise NotFound(f"journal transaction {transaction_id} not found")
+    if original.reverses_id is not None:
+        raise Conflict("a reversal cannot be reversed; grant or debit again instead",
+                       code="not_reversible")
+    balance = lock_balance(session, organization_id, original.environment)
+    already = session.scalar(
+        select(func.count()).where(JournalTransaction.reverses_id == transaction_id)
+    )
+    if already:
+        raise Conflict(f"journal transaction {transaction_id} was already reversed",
+                       code="already_reversed")
+    negated = domain.reversal_postings(transaction_postings(session, transaction_id))
+    expired = _expired_lot_ids(session, [p.lot_id for p in negated if p.lot_id], now)
+    postings: list[Posting] = []
+    to_new_lot = 0
+    arrears_room = balance.arrears_micros
+    for p in negated:
+        if p.account == Account.LOT and p.amount_micros > 0 and p.lot_id in expired:
+            to_new_lot += p.amount_micros
+        elif p.account == Account.ARREARS and p.amount_micros > 0:
+            paid = min(p.amount_micros, arrears_room)
+            arrears_room -= paid
+            to_new_lot += p.amount_micros - paid
+            if paid:
+                postings.append(Posting(Account.ARREARS, paid))
+        else:
+            if p.account == Account.ARREARS:
+                arrears_room -= p.amount_micros
+            postings.append(p)
+    if to_new_lot:
+        lot_id = _adjustment_lot(session, organization_id, original.environment, to_new_lot,
+                                 f"re-credit from reversal of transaction {transaction_id}", now)
+        postings.append(Posting(Account.LOT, to_new_lot, lot_id))
+    draft = TransactionDraft("reversal", reason, postings, reverses_id=transaction_id)
+    txn_id = post(session, balance, [draft], now)[0]
+    settle_arrears(session, balance, now)
+    return txn_id
+
+
+def _expired_lot_ids(session: Session, lot_ids: list[str | None], now: datetime) -> set[str]:
+    if not lot_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Lot.id).where(
+                Lot.id.in_(lot_ids), Lot.expires_at.is_not(None), Lot.expires_at <= now
+            )
+        )
+    )
+
+
+def _adjustment_lot(
+    session: Session, organization_id: str, environment: str, amount: int, reason: str,
+    now: datetime,
+) -> str:
+    """An empty adjustment lot that the caller's postings fill (no issuance: the credits are returned,
+    not new)."""
+    lot_id = new_id("lot")
+    currency = "USD"
+    session.execute(
+        insert(Lot).values(
+            id=lot_id, organization_id=organization_id, environment=environment,
+            source=domain.LotSource.ADJUSTMENT.value, amount_micros=amount, remaining_micros=0,
+            effective_at=now, expires_at=None, priority=100, cost_basis_micros=0,
+            currency=currency, reason=reason, created_at=now,
+        )
+    )
+    return lot_id

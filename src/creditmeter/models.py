@@ -1,0 +1,23 @@
+"""Every table, imported in one place so migrations and tests see the whole schema."""
+
+from __future__ import annotations
+
+from creditmeter.kit.db import Base
+from creditmeter.kit.idempotency import IdempotencyRecord
+from creditmeter.ledger.models import Balance, JournalTransaction, Lot, Posting
+from creditmeter.orgs.models import ApiKey, Member, Organization, Project
+
+metadata = Base.metadata
+
+__all__ = [
+    "ApiKey",
+    "Balance",
+    "IdempotencyRecord",
+    "JournalTransaction",
+    "Lot",
+    "Member",
+    "Organization",
+    "Posting",
+    "Project",
+    "metadata",
+]

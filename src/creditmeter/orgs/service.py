@@ -1,0 +1,262 @@
+"""Organization services: tenants, projects, members and API keys. They never commit."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from creditmeter.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from creditmeter.kit.ids import new_id
+from creditmeter.kit.pagination import decode_cursor
+from creditmeter.ledger import service as ledger
+from creditmeter.orgs.models import ApiKey, Member, Organization, Project
+
+
+class Role(StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+    VIEWER = "viewer"
+
+
+class Scope(StrEnum):
+    OPERATOR = "operator"
+    ORG_ADMIN = "org:admin"
+    ORG_INGEST = "org:ingest"
+    ORG_READ = "org:read"
+
+
+class Environment(StrEnum):
+    LIVE = "live"
+    TEST = "test"
+
+
+ORG_SCOPES = frozenset({Scope.ORG_ADMIN, Scope.ORG_INGEST, Scope.ORG_READ})
+KEY_PREFIX_LENGTH = 12
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key's identity, scopes and environment."""
+
+    key_id: str
+    organization_id: str | None
+    scopes: frozenset[str]
+    environment: str
+
+    @property
+    def is_operator(self) -> bool:
+        return Scope.OPERATOR in self.scopes
+
+
+def _savepoint_insert(session: Session, statement: object, conflict_detail: str, code: str) -> None:
+    try:
+        with session.begin_nested():
+            session.execute(statement)  # type: ignore[call-overload]
+    except IntegrityError as exc:
+        raise Conflict(conflict_detail, code=code) from exc
+
+
+def create_organization(
+    session: Session, name: str, external_id: str | None, now: datetime
+) -> Organization:
+    org_id = new_id("org")
+    _savepoint_insert(
+        session,
+        insert(Organization).values(
+            id=org_id, name=name, external_id=external_id, status="active", created_at=now
+        ),
+        f"an organization with external_id {external_id!r} already exists",
+        "external_id_taken",
+    )
+    ledger.create_balances(session, org_id, now)
+    return get_organization(session, org_id)
+
+
+def get_organization(session: Session, org_id: str) -> Organization:
+    org = session.get(Organization, org_id)
+    if org is None:
+        raise NotFound(f"organization {org_id} not found")
+    return org
+
+
+def resolve_organization(session: Session, ref: str) -> Organization:
+    """Find an organization by its id or its external id."""
+    org = session.get(Organization, ref)
+    if org is None:
+        org = session.scalars(select(Organization).where(Organization.external_id == ref)).first()
+    if org is None:
+        raise NotFound(f"organization {ref} not found")
+    return org
+
+
+def list_organizations(
+    session: Session, cursor: str | None, limit: int, only: str | None = None
+) -> tuple[list[Organization], str | None]:
+    query = select(Organization).order_by(Organization.id).limit(limit + 1)
+    after = decode_cursor(cursor)
+    if after:
+        query = query.where(Organization.id > after)
+    if only is not None:
+        query = query.where(Organization.id == only)
+    rows = list(session.scalars(query))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+def create_project(session: Session, org_id: str, name: str, now: datetime) -> Project:
+    project_id = new_id("proj")
+    _savepoint_insert(
+        session,
+        insert(Project).values(id=project_id, organization_id=org_id, name=name, created_at=now),
+        f"a project named {name!r} already exists in this organization",
+        "project_exists",
+    )
+    project = session.get(Project, project_id)
+    assert project is not None
+    return project
+
+
+def list_projects(
+    session: Session, org_id: str, cursor: str | None, limit: int
+) -> tuple[list[Project], str | None]:
+    query = (
+        select(Project).where(Project.organization_id == org_id).order_by(Project.id).limit(limit + 1)
+    )
+    after = decode_cursor(cursor)
+    if after:
+        query = query.where(Project.id > after)
+    rows = list(session.scalars(query))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+def add_member(session: Session, org_id: str, email: str, role: Role, now: datetime) -> Member:
+    member_id = new_id("mem")
+    normalized = email.strip().lower()
+    _savepoint_insert(
+        session,
+        insert(Member).values(
+            id=member_id, organization_id=org_id, email=normalized, role=role.value, created_at=now
+        ),
+        f"{normalized} is already a member of this organization",
+        "member_exists",
+    )
+    member = session.get(Member, member_id)
+    assert member is not None
+    return member
+
+
+def list_members(
+    session: Session, org_id: str, cursor: str | None, limit: int
+) -> tuple[list[Member], str | None]:
+    query = (
+        select(Member).where(Member.organization_id == org_id).order_by(Member.id).limit(limit + 1)
+    )
+    after = decode_cursor(cursor)
+    if after:
+        query = query.where(Member.id > after)
+    rows = list(session.scalars(query))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_api_key(
+    session: Session,
+    org_id: str | None,
+    name: str,
+    scopes: list[Scope],
+    environment: Environment,
+    now: datetime,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is never stored and never shown again."""
+    if not scopes:
+        raise InvalidRequest("give the key at least one scope", code="invalid_scopes")
+    if org_id is None and set(scopes) != {Scope.OPERATOR}:
+        raise InvalidRequest("an operator key has exactly the scope 'operator'",
+                             code="invalid_scopes")
+    if org_id is not None and Scope.OPERATOR in scopes:
+        raise InvalidRequest(
+            "an organization key cannot have the operator scope; "
+            "use org:admin, org:ingest or org:read",
+            code="invalid_scopes",
+        )
+    secret = f"cm_{environment.value}_{secrets.token_urlsafe(32)}"
+    key_id = new_id("key")
+    session.execute(
+        insert(ApiKey).values(
+            id=key_id,
+            organization_id=org_id,
+            name=name,
+            prefix=secret[:KEY_PREFIX_LENGTH],
+            key_hash=hash_key(secret),
+            scopes=sorted({s.value for s in scopes}),
+            environment=environment.value,
+            created_at=now,
+        )
+    )
+    key = session.get(ApiKey, key_id)
+    assert key is not None
+    return key, secret
+
+
+def list_api_keys(
+    session: Session, org_id: str, cursor: str | None, limit: int
+) -> tuple[list[ApiKey], str | None]:
+    query = (
+        select(ApiKey).where(ApiKey.organization_id == org_id).order_by(ApiKey.id).limit(limit + 1)
+    )
+    after = decode_cursor(cursor)
+    if after:
+        query = query.where(ApiKey.id > after)
+    rows = list(session.scalars(query))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+def revoke_api_key(session: Session, org_id: str | None, key_id: str, now: datetime) -> ApiKey:
+    """Revoke a key (idempotent: revoking twice keeps the first revocation time)."""
+    query = select(ApiKey).where(ApiKey.id == key_id)
+    query = query.where(
+        ApiKey.organization_id.is_(None) if org_id is None else ApiKey.organization_id == org_id
+    )
+    key = session.scalars(query).first()
+    if key is None:
+        raise NotFound(f"API key {key_id} not found")
+    if key.revoked_at is None:
+        key.revoked_at = now
+        session.flush()
+    return key
+
+
+def authenticate(
+    session: Session, secret: str, now: datetime, touch_interval_seconds: float
+) -> tuple[Principal, bool]:
+    """The principal behind a bearer secret, and whether its last-use time is due to be recorded
+    (at most once per touch interval, so the hot path stays read-only)."""
+    row = session.execute(
+        select(
+            ApiKey.id, ApiKey.organization_id, ApiKey.scopes, ApiKey.environment,
+            ApiKey.revoked_at, ApiKey.last_used_at,
+        ).where(ApiKey.key_hash == hash_key(secret))
+    ).first()
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized(
+            "the API key is unknown or revoked; send 'Authorization: Bearer cm_live_…'",
+            code="invalid_api_key",
+        )
+    due = row.last_used_at is None or (
+        (now - row.last_used_at).total_seconds() >= touch_interval_seconds
+    )
+    return Principal(row.id, row.organization_id, frozenset(row.scopes), row.environment), due
+
+
+def touch_api_key(session: Session, key_id: str, now: datetime) -> None:
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
