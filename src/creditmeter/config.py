@@ -32,5 +32,7 @@ class Settings:
             database_url=os.environ.get("CREDITMETER_DATABASE_URL") or default_database_url(),
             currency=os.environ.get("CREDITMETER_CURRENCY", "USD").upper(),
             worker_interval_seconds=float(os.environ.get("CREDITMETER_WORKER_INTERVAL", "60")),
-            key_touch_interval_seconds=float(os.environ.get("CREDITMETER_KEY_TOUCH_INTERVAL", "60")),
+            key_touch_interval_seconds=float(
+                os.environ.get("CREDITMETER_KEY_TOUCH_INTERVAL", "60")
+            ),
         )

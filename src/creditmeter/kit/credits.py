@@ -15,7 +15,9 @@ DECIMALS = 6
 MAX_CREDITS_MICROS = 10**18
 
 _CREDITS_RE = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]{1,6})?$")
-_ANY_DECIMAL_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+_TOO_PRECISE_RE = re.compile(r"^-?(0|[1-9][0-9]*)\.[0-9]{7,}$")
+#: More whole digits than the largest amount has: refused before ``int()`` sees a huge string.
+_MAX_WHOLE_DIGITS = len(str(MAX_CREDITS_MICROS // MICROS_PER_CREDIT))
 
 
 class CreditsFormatError(ValueError):
@@ -30,7 +32,7 @@ def parse_credits(text: str) -> int:
         )
     s = text.strip()
     if not _CREDITS_RE.match(s):
-        if _ANY_DECIMAL_RE.match(s):
+        if _TOO_PRECISE_RE.match(s):
             raise CreditsFormatError(
                 f"credits {text!r} has more than {DECIMALS} decimal places; "
                 'round it to at most 6, e.g. "0.000001"'
@@ -42,7 +44,10 @@ def parse_credits(text: str) -> int:
     if negative:
         s = s[1:]
     whole, _, frac = s.partition(".")
-    micros = int(whole) * MICROS_PER_CREDIT + int(frac.ljust(DECIMALS, "0") or "0")
+    if len(whole) > _MAX_WHOLE_DIGITS:
+        micros = MAX_CREDITS_MICROS + 1
+    else:
+        micros = int(whole) * MICROS_PER_CREDIT + int(frac.ljust(DECIMALS, "0") or "0")
     if micros > MAX_CREDITS_MICROS:
         raise CreditsFormatError(
             f"credits {text!r} is too large; the largest amount is {format_credits(MAX_CREDITS_MICROS)}"

@@ -57,8 +57,11 @@ def check_key(key: str) -> str:
 def lookup(session: Session, scope: str, key: str, fingerprint: str) -> StoredResponse | None:
     """The stored response for this key, or None. A different body under the same key is a 409."""
     row = session.execute(
-        select(IdempotencyRecord.request_hash, IdempotencyRecord.status_code, IdempotencyRecord.response)
-        .where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
+        select(
+            IdempotencyRecord.request_hash,
+            IdempotencyRecord.status_code,
+            IdempotencyRecord.response,
+        ).where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
     ).first()
     if row is None:
         return None

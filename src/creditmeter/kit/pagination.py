@@ -30,7 +30,5 @@ def decode_cursor(cursor: str | None) -> str | None:
 
 def check_limit(limit: int) -> int:
     if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequest(
-            f"limit must be between 1 and {MAX_LIMIT}", code="invalid_limit"
-        )
+        raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}", code="invalid_limit")
     return limit

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import Conflict, InvalidRequest, NotFound
@@ -159,7 +160,7 @@ def post(
     )
     changed = [(lot_id, delta) for lot_id, delta in lot_deltas.items() if delta]
     if changed:
-        lots = Lot.__table__
+        lots = cast(Table, Lot.__table__)
         session.connection().execute(
             update(lots)
             .where(lots.c.id == bindparam("b_lot_id"))

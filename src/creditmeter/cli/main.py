@@ -1,0 +1,392 @@
+"""The ``creditmeter`` command line. Commands call the services in-process against the database named by
+``CREDITMETER_DATABASE_URL`` (default: the embedded SQLite file ``./var/creditmeter.db``).
+
+Exit codes: 0 success; 1 failure (e.g. ``verify`` found mismatches); 2 invalid input; 3 not found;
+4 conflict; 5 forbidden or unauthorized.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from creditmeter import __version__
+from creditmeter.config import Settings
+from creditmeter.errors import CreditmeterError
+from creditmeter.kit import clock
+from creditmeter.kit.credits import CreditsFormatError, format_credits, parse_credits
+from creditmeter.kit.db import Database, is_sqlite
+from creditmeter.kit.migrate import upgrade
+from creditmeter.ledger import service as ledger
+from creditmeter.ledger.domain import LotSource
+from creditmeter.ledger.verify import verify as verify_ledger
+from creditmeter.orgs import service as orgs
+from creditmeter.orgs.service import Environment, Scope
+
+app = typer.Typer(
+    help="creditmeter: a credits engine for AI platforms. Exact double-entry credit ledger, "
+    "organizations, API keys and the v1 API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+org_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
+key_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(org_app, name="org")
+app.add_typer(key_app, name="api-key")
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_CODES = {422: 2, 400: 2, 404: 3, 409: 4, 401: 5, 403: 5}
+
+
+def _fail(exc: CreditmeterError) -> NoReturn:
+    err.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
+    raise typer.Exit(EXIT_CODES.get(exc.status_code, 1))
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _database() -> Database:
+    return Database(_settings().database_url)
+
+
+def _credits(value: str, what: str = "credits") -> int:
+    try:
+        micros = parse_credits(value)
+    except CreditsFormatError as exc:
+        raise typer.BadParameter(str(exc), param_hint=what) from exc
+    return micros
+
+
+def _when(value: str | None, what: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return clock.ensure_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{value!r} is not an RFC 3339 timestamp with a time zone, e.g. 2027-01-01T00:00:00Z",
+            param_hint=what,
+        ) from exc
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"creditmeter {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    demo: Annotated[
+        bool,
+        typer.Option("--demo", help="Seed demo organizations and print keys to explore them with."),
+    ] = False,
+    no_worker: Annotated[
+        bool,
+        typer.Option(
+            "--no-worker",
+            help="Do not run the background worker in this process (run `creditmeter worker`).",
+        ),
+    ] = False,
+    migrate: Annotated[
+        bool, typer.Option(help="Upgrade the database schema before serving.")
+    ] = True,
+) -> None:
+    """Serve the API (and the background worker) on HOST:PORT. Upgrades the database first."""
+    import uvicorn
+
+    from creditmeter.api.app import create_app
+    from creditmeter.worker.runner import Worker
+
+    settings = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if migrate:
+        upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    if demo:
+        _print_demo(db, host, port)
+    elif is_sqlite(settings.database_url):
+        err.print(f"[dim]database: {settings.database_url}[/dim]")
+    worker = None if no_worker else Worker(db, settings.worker_interval_seconds)
+    if worker:
+        worker.start()
+    try:
+        uvicorn.run(create_app(settings, db=db), host=host, port=port, log_level="info")
+    finally:
+        if worker:
+            worker.stop()
+
+
+def _print_demo(db: Database, host: str, port: int) -> None:
+    from creditmeter.demo import seed
+
+    with db.write() as session:
+        keys = seed(session, clock.now())
+    base = f"http://{host}:{port}"
+    err.print(
+        Panel.fit(
+            f"Demo data is ready.\n\n"
+            f"Operator key:        [bold]{keys.operator_key}[/bold]\n"
+            f"Acme AI admin key:   [bold]{keys.acme_admin_key}[/bold]\n"
+            f"Acme AI:             {keys.acme_id}\n"
+            f"Globex Research:     {keys.globex_id} (paused: it ran past zero)\n\n"
+            f"Try:\n  curl -H 'Authorization: Bearer {keys.acme_admin_key}' \\\n"
+            f"       {base}/v1/organizations/{keys.acme_id}/balance\n"
+            f"API docs: {base}/docs",
+            title="creditmeter demo",
+        )
+    )
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Run every due job once and exit.")] = False,
+) -> None:
+    """Run the background worker (lot expiry) in the foreground."""
+    from creditmeter.worker.runner import Worker, tick
+
+    settings = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    db = Database(settings.database_url)
+    if once:
+        n = tick(db)
+        out.print(f"expired credits of {n} organization balance(s)")
+        return
+    w = Worker(db, settings.worker_interval_seconds)
+    w.run()
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply the database migrations (SQLite or PostgreSQL)."""
+    url = _settings().database_url
+    upgrade(url, revision)
+    out.print(f"database is at revision {revision}")
+
+
+@app.command()
+def verify() -> None:
+    """Recompute every balance and lot remainder from the journal and check that every journal
+    transaction sums to zero and touches one organization. Exit 0 when clean, 1 otherwise."""
+    db = _database()
+    with (
+        db.read() as session,
+        Progress(
+            TextColumn("verifying organizations"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as progress,
+    ):
+        task = progress.add_task("verify", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        mismatches = verify_ledger(session, report)
+    if not mismatches:
+        out.print(
+            "[green]ledger verified[/green]: every transaction sums to zero, touches one "
+            "organization, and every balance equals its journal."
+        )
+        return
+    table = Table(title=f"{len(mismatches)} mismatch(es) found")
+    for column in ("check", "organization", "subject", "journal says", "stored"):
+        table.add_column(column)
+    for m in mismatches:
+        table.add_row(m.check, m.organization_id, m.subject, m.expected, m.actual)
+    out.print(table)
+    raise typer.Exit(1)
+
+
+@org_app.command("create")
+def org_create(
+    name: Annotated[str, typer.Argument(help="Display name.")],
+    external_id: Annotated[str | None, typer.Option(help="Your own unique id for it.")] = None,
+) -> None:
+    """Create an organization and print its id."""
+    db = _database()
+    try:
+        with db.write() as session:
+            org = orgs.create_organization(session, name, external_id, clock.now())
+    except CreditmeterError as exc:
+        _fail(exc)
+    out.print(org.id)
+
+
+@org_app.command("list")
+def org_list(
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+) -> None:
+    """List organizations with their live balance."""
+    db = _database()
+    now = clock.now()
+    table = Table()
+    for column in ("id", "name", "external id", "status", "available", "arrears"):
+        table.add_column(column)
+    with db.read() as session:
+        rows, _ = orgs.list_organizations(session, None, limit)
+        for org in rows:
+            b = ledger.get_balance(session, org.id, "live", now)
+            table.add_row(
+                org.id,
+                org.name,
+                org.external_id or "",
+                org.status,
+                format_credits(b.available_micros),
+                format_credits(b.arrears_micros),
+            )
+    out.print(table)
+
+
+@app.command()
+def grant(
+    organization: Annotated[str, typer.Argument(help="Organization id or external id.")],
+    credits: Annotated[str, typer.Argument(help='Credits as a decimal, e.g. "1000" or "12.5".')],
+    reason: Annotated[str, typer.Option(help="Why (kept in the journal).")],
+    source: Annotated[
+        LotSource, typer.Option(help="Where the credits come from.")
+    ] = LotSource.ADJUSTMENT,
+    expires_at: Annotated[str | None, typer.Option(help="RFC 3339; default never.")] = None,
+    effective_at: Annotated[str | None, typer.Option(help="RFC 3339; default now.")] = None,
+    priority: Annotated[int, typer.Option(help="Lower pays first.")] = 100,
+    cost_basis: Annotated[str, typer.Option(help="Money paid per credit.")] = "0",
+    environment: Annotated[Environment, typer.Option(help="live or test.")] = Environment.LIVE,
+) -> None:
+    """Grant credits to an organization as a new lot (arrears are paid first)."""
+    db = _database()
+    now = clock.now()
+    request = ledger.GrantRequest(
+        amount_micros=_credits(credits),
+        source=source,
+        reason=reason,
+        effective_at=_when(effective_at, "--effective-at") or now,
+        expires_at=_when(expires_at, "--expires-at"),
+        priority=priority,
+        cost_basis_micros=_credits(cost_basis, "--cost-basis"),
+        currency=_settings().currency,
+    )
+    try:
+        with db.write() as session:
+            org = orgs.resolve_organization(session, organization)
+            lot_id = ledger.grant(session, org.id, environment.value, request, now)
+    except CreditmeterError as exc:
+        _fail(exc)
+    out.print(lot_id)
+
+
+@app.command()
+def balance(
+    organization: Annotated[str, typer.Argument(help="Organization id or external id.")],
+    environment: Annotated[Environment, typer.Option(help="live or test.")] = Environment.LIVE,
+) -> None:
+    """Show an organization's available credits, arrears, holds and lots in burn order."""
+    db = _database()
+    now = clock.now()
+    try:
+        with db.read() as session:
+            org = orgs.resolve_organization(session, organization)
+            view = ledger.get_balance(session, org.id, environment.value, now)
+    except CreditmeterError as exc:
+        _fail(exc)
+    state = "[red]paused[/red]" if view.paused else "[green]active[/green]"
+    out.print(f"{org.name} ({org.id}) {environment.value}: {state}")
+    out.print(
+        f"available {format_credits(view.available_micros)}   "
+        f"arrears {format_credits(view.arrears_micros)}   "
+        f"held {format_credits(view.held_micros)}"
+    )
+    table = Table(title="lots, in the order they pay")
+    for column in ("lot", "source", "remaining", "priority", "effective", "expires"):
+        table.add_column(column)
+    for lot in view.lots:
+        table.add_row(
+            lot.id,
+            lot.source,
+            format_credits(lot.remaining_micros),
+            str(lot.priority),
+            lot.effective_at.isoformat(),
+            lot.expires_at.isoformat() if lot.expires_at else "never",
+        )
+    out.print(table)
+
+
+@key_app.command("create")
+def key_create(
+    name: Annotated[str, typer.Option(help="A name to recognise the key by.")],
+    operator: Annotated[
+        bool, typer.Option("--operator", help="An operator key (all organizations).")
+    ] = False,
+    org: Annotated[str | None, typer.Option(help="Organization id or external id.")] = None,
+    scope: Annotated[
+        list[Scope] | None, typer.Option(help="org:admin, org:ingest or org:read (repeatable).")
+    ] = None,
+    environment: Annotated[Environment, typer.Option(help="live or test.")] = Environment.LIVE,
+) -> None:
+    """Create an API key and print only the secret on stdout (it is shown once, stored hashed)."""
+    if operator == (org is not None):
+        raise typer.BadParameter("give either --operator or --org ORG", param_hint="--operator")
+    db = _database()
+    try:
+        with db.write() as session:
+            org_id = orgs.resolve_organization(session, org).id if org else None
+            scopes = [Scope.OPERATOR] if operator else (scope or [Scope.ORG_ADMIN])
+            key, secret = orgs.create_api_key(
+                session, org_id, name, scopes, environment, clock.now()
+            )
+    except CreditmeterError as exc:
+        _fail(exc)
+    err.print(
+        f"[dim]created {key.id} ({', '.join(key.scopes)}); store the key now, it is not "
+        f"shown again[/dim]"
+    )
+    print(secret)
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+) -> None:
+    """Revoke an API key at once."""
+    db = _database()
+    from sqlalchemy import select
+
+    from creditmeter.orgs.models import ApiKey
+
+    try:
+        with db.write() as session:
+            owner = session.scalar(select(ApiKey.organization_id).where(ApiKey.id == key_id))
+            key = orgs.revoke_api_key(session, owner, key_id, clock.now())
+    except CreditmeterError as exc:
+        _fail(exc)
+    out.print(f"revoked {key.id}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Background work: periodic sweeps that keep the ledger current (expiry of due lots)."""

@@ -1,0 +1,106 @@
+"""`creditmeter serve` as a newcomer runs it: a real server process, real HTTP, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import pg
+from tests.conftest import IN_CI
+
+KEY_RE = re.compile(r"cm_live_[A-Za-z0-9_-]{40,}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "creditmeter.cli.main", "serve", "--demo", "--port", str(port)],
+        env={**os.environ, "CREDITMETER_DATABASE_URL": url, "COLUMNS": "200"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        log.seek(0)
+        output = log.read()
+        keys = list(dict.fromkeys(KEY_RE.findall(output)))
+        assert proc.poll() is None and len(keys) == 2, output
+        yield base, keys[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    if request.param == "sqlite":
+        yield from _serve(f"sqlite:///{tmp_path / 'var' / 'creditmeter.db'}", tmp_path)
+        return
+    try:
+        ctx = pg.server()
+        admin = ctx.__enter__()
+    except Exception as exc:  # noqa: BLE001
+        if IN_CI:
+            pytest.fail(f"PostgreSQL unavailable in CI: {exc}")
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    try:
+        with pg.scratch_database(admin) as url:
+            yield from _serve(url, tmp_path)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def test_serve_migrates_seeds_the_demo_and_answers(server: tuple[str, str]) -> None:
+    base, operator_key = server
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/readyz").status_code == 200
+    assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "creditmeter"
+    assert httpx.get(f"{base}/docs").status_code == 200
+
+    headers = {"Authorization": f"Bearer {operator_key}"}
+    orgs = httpx.get(f"{base}/v1/organizations", headers=headers).json()["data"]
+    names = {o["name"]: o["id"] for o in orgs}
+    assert {"Acme AI", "Globex Research"} <= set(names)
+
+    acme = httpx.get(f"{base}/v1/organizations/{names['Acme AI']}/balance", headers=headers).json()
+    assert acme["paused"] is False
+    assert acme["available"] == "4426.375"  # 6,250 granted − 1,823.625 consumed
+    globex = httpx.get(
+        f"{base}/v1/organizations/{names['Globex Research']}/balance", headers=headers
+    ).json()
+    assert globex["paused"] is True
+    assert globex["arrears"] == "42.5"
+
+    unauthenticated = httpx.get(f"{base}/v1/organizations")
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.headers["content-type"].startswith("application/problem+json")
