@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEMO   ?=
 
-.PHONY: serve test check lint format typecheck bench clean install
+.PHONY: serve test check format bench clean install
 
 install: $(STAMP)
 

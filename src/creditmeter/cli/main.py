@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, NoReturn
 
 import typer
@@ -45,6 +46,15 @@ app.add_typer(key_app, name="api-key")
 
 out = Console()
 err = Console(stderr=True)
+
+
+class OrgScope(StrEnum):
+    """The scopes an organization key may have (operator keys are made with --operator)."""
+
+    ORG_ADMIN = "org:admin"
+    ORG_INGEST = "org:ingest"
+    ORG_READ = "org:read"
+
 
 EXIT_CODES = {422: 2, 400: 2, 404: 3, 409: 4, 401: 5, 403: 5}
 
@@ -141,19 +151,18 @@ def _print_demo(db: Database, host: str, port: int) -> None:
     with db.write() as session:
         keys = seed(session, clock.now())
     base = f"http://{host}:{port}"
-    err.print(
-        Panel.fit(
-            f"Demo data is ready.\n\n"
-            f"Operator key:        [bold]{keys.operator_key}[/bold]\n"
-            f"Acme AI admin key:   [bold]{keys.acme_admin_key}[/bold]\n"
-            f"Acme AI:             {keys.acme_id}\n"
-            f"Globex Research:     {keys.globex_id} (paused: it ran past zero)\n\n"
-            f"Try:\n  curl -H 'Authorization: Bearer {keys.acme_admin_key}' \\\n"
-            f"       {base}/v1/organizations/{keys.acme_id}/balance\n"
-            f"API docs: {base}/docs",
-            title="creditmeter demo",
-        )
-    )
+    lines = [
+        "creditmeter demo data is ready.",
+        f"  Operator key:       {keys.operator_key}",
+        f"  Acme AI admin key:  {keys.acme_admin_key}",
+        f"  Acme AI:            {keys.acme_id}",
+        f"  Globex Research:    {keys.globex_id} (paused: it ran past zero)",
+        "Try:",
+        f"  curl -H 'Authorization: Bearer {keys.acme_admin_key}' "
+        f"{base}/v1/organizations/{keys.acme_id}/balance",
+        f"API docs: {base}/docs",
+    ]
+    err.print(Panel("\n".join(lines), title="creditmeter demo", expand=False), soft_wrap=True)
 
 
 @app.command()
@@ -181,13 +190,21 @@ def db_upgrade(
     """Apply the database migrations (SQLite or PostgreSQL)."""
     url = _settings().database_url
     upgrade(url, revision)
-    out.print(f"database is at revision {revision}")
+    from sqlalchemy import text
+
+    db = Database(url)
+    with db.read() as session:
+        current = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    db.dispose()
+    out.print(f"database is at revision {current}")
 
 
 @app.command()
 def verify() -> None:
-    """Recompute every balance and lot remainder from the journal and check that every journal
-    transaction sums to zero and touches one organization. Exit 0 when clean, 1 otherwise."""
+    """Prove every balance from the journal; exit 0 when clean, 1 with a report otherwise.
+
+    Recomputes every balance and lot remainder from the journal and checks that every journal
+    transaction sums to zero and touches one organization."""
     db = _database()
     with (
         db.read() as session,
@@ -214,7 +231,7 @@ def verify() -> None:
         return
     table = Table(title=f"{len(mismatches)} mismatch(es) found")
     for column in ("check", "organization", "subject", "journal says", "stored"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for m in mismatches:
         table.add_row(m.check, m.organization_id, m.subject, m.expected, m.actual)
     out.print(table)
@@ -245,7 +262,7 @@ def org_list(
     now = clock.now()
     table = Table()
     for column in ("id", "name", "external id", "status", "available", "arrears"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "id")
     with db.read() as session:
         rows, _ = orgs.list_organizations(session, None, limit)
         for org in rows:
@@ -320,15 +337,15 @@ def balance(
     )
     table = Table(title="lots, in the order they pay")
     for column in ("lot", "source", "remaining", "priority", "effective", "expires"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "lot")
     for lot in view.lots:
         table.add_row(
             lot.id,
             lot.source,
             format_credits(lot.remaining_micros),
             str(lot.priority),
-            lot.effective_at.isoformat(),
-            lot.expires_at.isoformat() if lot.expires_at else "never",
+            f"{lot.effective_at:%Y-%m-%d %H:%M}",
+            f"{lot.expires_at:%Y-%m-%d %H:%M}" if lot.expires_at else "never",
         )
     out.print(table)
 
@@ -341,7 +358,8 @@ def key_create(
     ] = False,
     org: Annotated[str | None, typer.Option(help="Organization id or external id.")] = None,
     scope: Annotated[
-        list[Scope] | None, typer.Option(help="org:admin, org:ingest or org:read (repeatable).")
+        list[OrgScope] | None,
+        typer.Option(help="org:admin, org:ingest or org:read (repeatable; default org:admin)."),
     ] = None,
     environment: Annotated[Environment, typer.Option(help="live or test.")] = Environment.LIVE,
 ) -> None:
@@ -352,7 +370,11 @@ def key_create(
     try:
         with db.write() as session:
             org_id = orgs.resolve_organization(session, org).id if org else None
-            scopes = [Scope.OPERATOR] if operator else (scope or [Scope.ORG_ADMIN])
+            scopes = (
+                [Scope.OPERATOR]
+                if operator
+                else [Scope(s.value) for s in scope or [OrgScope.ORG_ADMIN]]
+            )
             key, secret = orgs.create_api_key(
                 session, org_id, name, scopes, environment, clock.now()
             )

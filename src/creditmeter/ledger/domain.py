@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 
@@ -29,7 +29,6 @@ class Account:
     ARREARS = "arrears"
     HELD = "held"
     BREAKAGE = "breakage"
-    RESERVATIONS = "reservations"
 
     @staticmethod
     def issuance(source: str) -> str:
@@ -90,12 +89,16 @@ def is_due_to_expire(lot: LotState, at: datetime) -> bool:
     return lot.remaining_micros > 0 and lot.expires_at is not None and lot.expires_at <= at
 
 
+#: Stands in for "never" in the sort key, so lots that never expire tie on expiry among themselves.
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
 def burn_key(lot: LotState) -> tuple[object, ...]:
     never_expires = lot.expires_at is None
     return (
         lot.priority,
         never_expires,
-        lot.expires_at if lot.expires_at is not None else lot.effective_at,
+        lot.expires_at if lot.expires_at is not None else _NEVER,
         0 if lot.source == LotSource.PROMO else 1,
         lot.created_at,
         lot.id,

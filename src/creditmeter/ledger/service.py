@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import cast
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import Conflict, InvalidRequest, NotFound
+from creditmeter.kit.db import UTCDateTime
 from creditmeter.kit.ids import new_id
 from creditmeter.ledger import domain
 from creditmeter.ledger.domain import Account, LotState, Posting
@@ -44,11 +45,15 @@ class TransactionDraft:
 
 @dataclass
 class LockedBalance:
+    """An organization's balance read under its write lock, with the lots loaded under that lock
+    (``lots`` stays in step with every posting made through :func:`post`)."""
+
     organization_id: str
     environment: str
     lots_micros: int
     arrears_micros: int
     held_micros: int
+    lots: dict[str, LotState] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,20 +81,71 @@ def create_balances(session: Session, organization_id: str, now: datetime) -> No
     session.execute(
         insert(Balance),
         [
-            {"organization_id": organization_id, "environment": env, "lots_micros": 0,
-             "arrears_micros": 0, "held_micros": 0, "updated_at": now}
+            {
+                "organization_id": organization_id,
+                "environment": env,
+                "lots_micros": 0,
+                "arrears_micros": 0,
+                "held_micros": 0,
+                "updated_at": now,
+            }
             for env in ENVIRONMENTS
         ],
     )
 
 
+# Statements of the write path, built once: constructing a statement costs more than running it.
+_LOCK_BALANCE = (
+    select(Balance.lots_micros, Balance.arrears_micros, Balance.held_micros)
+    .where(Balance.organization_id == bindparam("org"), Balance.environment == bindparam("env"))
+    .with_for_update()
+)
+_LOT_STATES = select(
+    Lot.id,
+    Lot.source,
+    Lot.remaining_micros,
+    Lot.effective_at,
+    Lot.expires_at,
+    Lot.priority,
+    Lot.created_at,
+).where(
+    Lot.organization_id == bindparam("org"),
+    Lot.environment == bindparam("env"),
+    Lot.remaining_micros > 0,
+)
+_LOTS = cast(Table, Lot.__table__)
+_MOVE_LOTS = (
+    update(_LOTS)
+    .where(_LOTS.c.id == bindparam("b_lot_id"))
+    .values(remaining_micros=_LOTS.c.remaining_micros + bindparam("b_delta"))
+)
+_BALANCES = cast(Table, Balance.__table__)
+_MOVE_BALANCE = (
+    update(_BALANCES)
+    .where(
+        _BALANCES.c.organization_id == bindparam("b_org"),
+        _BALANCES.c.environment == bindparam("b_env"),
+    )
+    .values(
+        lots_micros=_BALANCES.c.lots_micros + bindparam("b_lots_delta"),
+        arrears_micros=bindparam("b_arrears"),
+        held_micros=bindparam("b_held"),
+        updated_at=bindparam("b_now", type_=UTCDateTime()),
+    )
+)
+_INSERT_TRANSACTIONS = insert(JournalTransaction).returning(
+    JournalTransaction.id, sort_by_parameter_order=True
+)
+_INSERT_POSTINGS = insert(PostingRow)
+
+
 def lock_balance(session: Session, organization_id: str, environment: str) -> LockedBalance:
     """Take the organization's write lock and read its materialized balance."""
-    row = session.execute(
-        select(Balance.lots_micros, Balance.arrears_micros, Balance.held_micros)
-        .where(Balance.organization_id == organization_id, Balance.environment == environment)
-        .with_for_update()
-    ).first()
+    row = (
+        session.connection()
+        .execute(_LOCK_BALANCE, {"org": organization_id, "env": environment})
+        .first()
+    )
     if row is None:
         raise NotFound(f"organization {organization_id} not found")
     return LockedBalance(organization_id, environment, *row)
@@ -136,62 +192,88 @@ def post(
         raise InvariantViolation("held credits would become negative")
 
     org, env = balance.organization_id, balance.environment
+    conn = session.connection()
     ids = list(
-        session.scalars(
-            insert(JournalTransaction).returning(
-                JournalTransaction.id, sort_by_parameter_order=True
-            ),
+        conn.scalars(
+            _INSERT_TRANSACTIONS,
             [
-                {"organization_id": org, "environment": env, "kind": d.kind,
-                 "description": d.description[:500], "reverses_id": d.reverses_id,
-                 "created_at": now}
+                {
+                    "organization_id": org,
+                    "environment": env,
+                    "kind": d.kind,
+                    "description": d.description[:500],
+                    "reverses_id": d.reverses_id,
+                    "created_at": now,
+                }
                 for d in drafts
             ],
         )
     )
-    session.execute(
-        insert(PostingRow),
+    conn.execute(
+        _INSERT_POSTINGS,
         [
-            {"transaction_id": txn_id, "organization_id": org, "environment": env,
-             "account": p.account, "lot_id": p.lot_id, "amount_micros": p.amount_micros}
+            {
+                "transaction_id": txn_id,
+                "organization_id": org,
+                "environment": env,
+                "account": p.account,
+                "lot_id": p.lot_id,
+                "amount_micros": p.amount_micros,
+            }
             for txn_id, d in zip(ids, drafts, strict=True)
             for p in d.postings
         ],
     )
     changed = [(lot_id, delta) for lot_id, delta in lot_deltas.items() if delta]
     if changed:
-        lots = cast(Table, Lot.__table__)
-        session.connection().execute(
-            update(lots)
-            .where(lots.c.id == bindparam("b_lot_id"))
-            .values(remaining_micros=lots.c.remaining_micros + bindparam("b_delta")),
-            [{"b_lot_id": lot_id, "b_delta": delta} for lot_id, delta in changed],
-        )
+        conn.execute(_MOVE_LOTS, [{"b_lot_id": lot_id, "b_delta": d} for lot_id, d in changed])
     lots_delta = sum(lot_deltas.values())
-    session.execute(
-        update(Balance)
-        .where(Balance.organization_id == org, Balance.environment == env)
-        .values(
-            lots_micros=Balance.lots_micros + lots_delta,
-            arrears_micros=new_arrears,
-            held_micros=new_held,
-            updated_at=now,
-        )
+    conn.execute(
+        _MOVE_BALANCE,
+        {
+            "b_org": org,
+            "b_env": env,
+            "b_lots_delta": lots_delta,
+            "b_arrears": new_arrears,
+            "b_held": new_held,
+            "b_now": now,
+        },
     )
     balance.lots_micros += lots_delta
     balance.arrears_micros = new_arrears
     balance.held_micros = new_held
+    if balance.lots is not None:
+        for lot_id, delta in changed:
+            if lot_id in balance.lots:
+                balance.lots[lot_id] = replace(
+                    balance.lots[lot_id],
+                    remaining_micros=balance.lots[lot_id].remaining_micros + delta,
+                )
+            else:
+                balance.lots = None  # a lot created since loading: reload on next use
+                break
     return ids
 
 
 def _check_lots(session: Session, balance: LockedBalance, deltas: dict[str, int]) -> None:
     if not deltas:
         return
-    rows = session.execute(
-        select(Lot.id, Lot.organization_id, Lot.environment, Lot.remaining_micros).where(
-            Lot.id.in_(list(deltas))
+    cached = balance.lots
+    if cached is not None and all(lot_id in cached for lot_id in deltas):
+        # Loaded under this organization's lock, so they are this organization's lots, current.
+        for lot_id, delta in deltas.items():
+            if cached[lot_id].remaining_micros + delta < 0:
+                raise InvariantViolation(f"lot {lot_id} would go below zero")
+        return
+    rows = (
+        session.connection()
+        .execute(
+            select(Lot.id, Lot.organization_id, Lot.environment, Lot.remaining_micros).where(
+                Lot.id.in_(list(deltas))
+            )
         )
-    ).all()
+        .all()
+    )
     found = {r.id: r for r in rows}
     for lot_id, delta in deltas.items():
         row = found.get(lot_id)
@@ -206,18 +288,19 @@ def _check_lots(session: Session, balance: LockedBalance, deltas: dict[str, int]
             raise InvariantViolation(f"lot {lot_id} would go below zero")
 
 
+def lot_states(session: Session, balance: LockedBalance) -> list[LotState]:
+    """The locked organization's lots with credits left, loaded once per lock and kept current."""
+    if balance.lots is None:
+        balance.lots = {
+            lot.id: lot
+            for lot in load_lot_states(session, balance.organization_id, balance.environment)
+        }
+    return [lot for lot in balance.lots.values() if lot.remaining_micros > 0]
+
+
 def load_lot_states(session: Session, organization_id: str, environment: str) -> list[LotState]:
     """Every lot with credits left (usable or not yet), as pure values."""
-    rows = session.execute(
-        select(
-            Lot.id, Lot.source, Lot.remaining_micros, Lot.effective_at, Lot.expires_at,
-            Lot.priority, Lot.created_at,
-        ).where(
-            Lot.organization_id == organization_id,
-            Lot.environment == environment,
-            Lot.remaining_micros > 0,
-        )
-    ).all()
+    rows = session.connection().execute(_LOT_STATES, {"org": organization_id, "env": environment})
     return [LotState(*r) for r in rows]
 
 
@@ -225,11 +308,7 @@ def settle_arrears(session: Session, balance: LockedBalance, now: datetime) -> i
     """Pay outstanding arrears from usable lots, in burn order. Returns the transaction id, if any."""
     if balance.arrears_micros <= 0:
         return None
-    plan = domain.plan_arrears_settlement(
-        load_lot_states(session, balance.organization_id, balance.environment),
-        balance.arrears_micros,
-        now,
-    )
+    plan = domain.plan_arrears_settlement(lot_states(session, balance), balance.arrears_micros, now)
     postings = domain.settlement_postings(plan)
     if not postings:
         return None
@@ -259,18 +338,21 @@ def grant(
     """Create a lot and issue its credits; outstanding arrears are paid first. Returns the lot id."""
     if request.amount_micros <= 0:
         raise InvalidRequest("a grant must be positive", code="invalid_credits")
+    if request.cost_basis_micros < 0:
+        raise InvalidRequest(
+            'cost_basis cannot be negative; send "0" for free credits', code="invalid_cost_basis"
+        )
     if request.source == domain.LotSource.PROMO and request.cost_basis_micros:
         raise InvalidRequest(
             "promotional credits have a cost basis of zero; omit cost_basis",
             code="invalid_cost_basis",
         )
     if request.expires_at is not None and request.expires_at <= request.effective_at:
-        raise InvalidRequest(
-            "expires_at must be later than effective_at", code="invalid_expiry"
-        )
+        raise InvalidRequest("expires_at must be later than effective_at", code="invalid_expiry")
     balance = lock_balance(session, organization_id, environment)
     lot_id = new_id("lot")
-    session.execute(
+    balance.lots = None
+    session.connection().execute(
         insert(Lot).values(
             id=lot_id,
             organization_id=organization_id,
@@ -300,6 +382,13 @@ def grant(
     return lot_id
 
 
+@dataclass(frozen=True)
+class DebitRequest:
+    amount_micros: int
+    operation: str
+    description: str
+
+
 def debit(
     session: Session,
     organization_id: str,
@@ -310,18 +399,50 @@ def debit(
     now: datetime,
 ) -> DebitResult:
     """Consume credits in burn order; what the lots cannot pay goes to arrears (the usage happened)."""
-    if amount_micros <= 0:
-        raise InvalidRequest("a debit must be positive", code="invalid_credits")
+    return debit_many(
+        session,
+        organization_id,
+        environment,
+        [DebitRequest(amount_micros, operation, description)],
+        now,
+    )[0]
+
+
+def debit_many(
+    session: Session,
+    organization_id: str,
+    environment: str,
+    requests: Sequence[DebitRequest],
+    now: datetime,
+) -> list[DebitResult]:
+    """Several debits of one organization, in order, as one journal transaction each, written with one
+    statement per table and one balance update. Each debit sees the lots the previous ones left."""
+    for r in requests:
+        if r.amount_micros <= 0:
+            raise InvalidRequest("a debit must be positive", code="invalid_credits")
+    if not requests:
+        return []
     balance = lock_balance(session, organization_id, environment)
     settle_arrears(session, balance, now)
-    plan = domain.plan_debit(
-        load_lot_states(session, organization_id, environment), amount_micros, now
-    )
-    draft = TransactionDraft(
-        "debit", description, domain.debit_postings(plan, Account.consumption(operation))
-    )
-    txn_id = post(session, balance, [draft], now)[0]
-    return DebitResult(txn_id, amount_micros, plan.takes, plan.arrears_micros)
+    remaining = {lot.id: lot for lot in lot_states(session, balance)}
+    plans = []
+    for r in requests:
+        plan = domain.plan_debit(remaining.values(), r.amount_micros, now)
+        for lot_id, take in plan.takes:
+            lot = remaining[lot_id]
+            remaining[lot_id] = replace(lot, remaining_micros=lot.remaining_micros - take)
+        plans.append(plan)
+    drafts = [
+        TransactionDraft(
+            "debit", r.description, domain.debit_postings(plan, Account.consumption(r.operation))
+        )
+        for r, plan in zip(requests, plans, strict=True)
+    ]
+    ids = post(session, balance, drafts, now)
+    return [
+        DebitResult(txn_id, r.amount_micros, plan.takes, plan.arrears_micros)
+        for txn_id, r, plan in zip(ids, requests, plans, strict=True)
+    ]
 
 
 def expire_due(
@@ -334,21 +455,22 @@ def expire_due(
         select(Lot.organization_id, Lot.environment)
         .where(Lot.remaining_micros > 0, Lot.expires_at.is_not(None), Lot.expires_at <= now)
         .distinct()
+        .order_by(Lot.organization_id, Lot.environment)  # one lock order: no deadlocks
     )
     if organization_id is not None:
         due = due.where(Lot.organization_id == organization_id)
     results = []
     for org, env in session.execute(due).all():
         balance = lock_balance(session, org, env)
-        lots = [
-            lot for lot in load_lot_states(session, org, env) if domain.is_due_to_expire(lot, now)
-        ]
+        lots = [lot for lot in lot_states(session, balance) if domain.is_due_to_expire(lot, now)]
         if not lots:
             continue
         total = sum(lot.remaining_micros for lot in lots)
         postings = [Posting(Account.LOT, -lot.remaining_micros, lot.id) for lot in lots]
         postings.append(Posting(Account.BREAKAGE, total))
-        post(session, balance, [TransactionDraft("expiry", "unused credits expired", postings)], now)
+        post(
+            session, balance, [TransactionDraft("expiry", "unused credits expired", postings)], now
+        )
         results.append((org, env, total))
     return results
 
@@ -356,7 +478,7 @@ def expire_due(
 def get_balance(
     session: Session, organization_id: str, environment: str, now: datetime
 ) -> BalanceView:
-    """Available = usable lots − arrears − held, read from the same rows the write path changes."""
+    """Available = usable lots - arrears - held, read from the same rows the write path changes."""
     row = session.execute(
         select(Balance.arrears_micros, Balance.held_micros).where(
             Balance.organization_id == organization_id, Balance.environment == environment
@@ -364,15 +486,18 @@ def get_balance(
     ).first()
     if row is None:
         raise NotFound(f"organization {organization_id} not found")
-    lots = session.execute(
-        select(Lot)
-        .where(
-            Lot.organization_id == organization_id,
-            Lot.environment == environment,
-            Lot.remaining_micros > 0,
-            (Lot.expires_at.is_(None)) | (Lot.expires_at > now),
+    lots = (
+        session.execute(
+            select(Lot).where(
+                Lot.organization_id == organization_id,
+                Lot.environment == environment,
+                Lot.remaining_micros > 0,
+                (Lot.expires_at.is_(None)) | (Lot.expires_at > now),
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     states = {lot.id: _state(lot) for lot in lots}
     usable = domain.burn_order(states.values(), now)
     usable_ids = {s.id for s in usable}
@@ -387,8 +512,13 @@ def get_balance(
 
 def _state(lot: Lot) -> LotState:
     return LotState(
-        lot.id, lot.source, lot.remaining_micros, lot.effective_at, lot.expires_at,
-        lot.priority, lot.created_at,
+        lot.id,
+        lot.source,
+        lot.remaining_micros,
+        lot.effective_at,
+        lot.expires_at,
+        lot.priority,
+        lot.created_at,
     )
 
 
@@ -402,11 +532,20 @@ def transaction_postings(session: Session, transaction_id: int) -> list[Posting]
 
 
 def reverse(
-    session: Session, organization_id: str, transaction_id: int, reason: str, now: datetime
+    session: Session,
+    organization_id: str,
+    transaction_id: int,
+    reason: str,
+    now: datetime,
+    currency: str = "USD",
 ) -> int:
-    """Undo a journal transaction with a new one that negates its postings. Credits that would return
-    to a lot that has since expired (or to arrears already paid) go to a new adjustment lot instead.
-    A transaction is reversed at most once; a reversal is not itself reversible."""
+    """Undo a journal transaction with a new one that negates its postings.
+
+    Credits that would return to a lot that has since expired go to a new adjustment lot that keeps
+    that lot's cost basis, currency and priority (one per expired lot); credits that would reduce
+    arrears already paid go to a new adjustment lot at zero cost basis in ``currency``. A transaction
+    is reversed at most once; a reversal is not itself reversible; a reversal that would take a lot
+    below zero (its credits were spent since) is refused and writes nothing."""
     original = session.execute(
         select(JournalTransaction).where(
             JournalTransaction.id == transaction_id,
@@ -414,71 +553,104 @@ def reverse(
         )
     ).scalar_one_or_none()
     if original is None:
-        raise NotFound(f"journal transaction {transaction_id} not found")
+        raise NotFound(f"journal transaction txn_{transaction_id} not found")
     if original.reverses_id is not None:
-        raise Conflict("a reversal cannot be reversed; grant or debit again instead",
-                       code="not_reversible")
+        raise Conflict(
+            "a reversal cannot be reversed; grant or debit again instead", code="not_reversible"
+        )
     balance = lock_balance(session, organization_id, original.environment)
     already = session.scalar(
         select(func.count()).where(JournalTransaction.reverses_id == transaction_id)
     )
     if already:
-        raise Conflict(f"journal transaction {transaction_id} was already reversed",
-                       code="already_reversed")
+        raise Conflict(
+            f"journal transaction txn_{transaction_id} was already reversed",
+            code="already_reversed",
+        )
     negated = domain.reversal_postings(transaction_postings(session, transaction_id))
-    expired = _expired_lot_ids(session, [p.lot_id for p in negated if p.lot_id], now)
+    expired = _expired_lots(session, [p.lot_id for p in negated if p.lot_id], now)
     postings: list[Posting] = []
-    to_new_lot = 0
+    refunds: dict[str, int] = defaultdict(int)
+    unpaid_arrears = 0
     arrears_room = balance.arrears_micros
     for p in negated:
         if p.account == Account.LOT and p.amount_micros > 0 and p.lot_id in expired:
-            to_new_lot += p.amount_micros
+            refunds[p.lot_id] += p.amount_micros
         elif p.account == Account.ARREARS and p.amount_micros > 0:
             paid = min(p.amount_micros, arrears_room)
             arrears_room -= paid
-            to_new_lot += p.amount_micros - paid
+            unpaid_arrears += p.amount_micros - paid
             if paid:
                 postings.append(Posting(Account.ARREARS, paid))
         else:
             if p.account == Account.ARREARS:
                 arrears_room -= p.amount_micros
             postings.append(p)
-    if to_new_lot:
-        lot_id = _adjustment_lot(session, organization_id, original.environment, to_new_lot,
-                                 f"re-credit from reversal of transaction {transaction_id}", now)
-        postings.append(Posting(Account.LOT, to_new_lot, lot_id))
+    why = f"re-credit from reversal of txn_{transaction_id}"
+    for lot_id, amount in refunds.items():
+        template = expired[lot_id]
+        new_lot = _adjustment_lot(
+            session,
+            balance,
+            amount,
+            why,
+            now,
+            template.currency,
+            template.cost_basis_micros,
+            template.priority,
+        )
+        postings.append(Posting(Account.LOT, amount, new_lot))
+    if unpaid_arrears:
+        new_lot = _adjustment_lot(session, balance, unpaid_arrears, why, now, currency, 0, 100)
+        postings.append(Posting(Account.LOT, unpaid_arrears, new_lot))
     draft = TransactionDraft("reversal", reason, postings, reverses_id=transaction_id)
     txn_id = post(session, balance, [draft], now)[0]
     settle_arrears(session, balance, now)
     return txn_id
 
 
-def _expired_lot_ids(session: Session, lot_ids: list[str | None], now: datetime) -> set[str]:
+def _expired_lots(session: Session, lot_ids: list[str | None], now: datetime) -> dict[str, Lot]:
     if not lot_ids:
-        return set()
-    return set(
-        session.scalars(
-            select(Lot.id).where(
+        return {}
+    return {
+        lot.id: lot
+        for lot in session.scalars(
+            select(Lot).where(
                 Lot.id.in_(lot_ids), Lot.expires_at.is_not(None), Lot.expires_at <= now
             )
         )
-    )
+    }
 
 
 def _adjustment_lot(
-    session: Session, organization_id: str, environment: str, amount: int, reason: str,
+    session: Session,
+    balance: LockedBalance,
+    amount: int,
+    reason: str,
     now: datetime,
+    currency: str,
+    cost_basis_micros: int,
+    priority: int,
 ) -> str:
     """An empty adjustment lot that the caller's postings fill (no issuance: the credits are returned,
     not new)."""
     lot_id = new_id("lot")
-    currency = "USD"
-    session.execute(
+    balance.lots = None
+    session.connection().execute(
         insert(Lot).values(
-            id=lot_id, organization_id=organization_id, environment=environment,
-            source=domain.LotSource.ADJUSTMENT.value, amount_micros=amount, remaining_micros=0,
-            effective_at=now, expires_at=None, priority=100, cost_basis_micros=0,
-            currency=currency, reason=reason, created_at=now,
+            id=lot_id,
+            organization_id=balance.organization_id,
+            environment=balance.environment,
+            source=domain.LotSource.ADJUSTMENT.value,
+            amount_micros=amount,
+            remaining_micros=0,
+            effective_at=now,
+            expires_at=None,
+            priority=priority,
+            cost_basis_micros=cost_basis_micros,
+            currency=currency,
+            reason=reason,
+            created_at=now,
         )
     )
     return lot_id
