@@ -23,7 +23,7 @@ serve: $(STAMP)
 
 ## Lint, type checks, import contracts, then the whole suite on SQLite and PostgreSQL.
 test: check
-	$(BIN)/python -m pytest --cov=creditmeter --cov-report=term:skip-covered $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --cov=creditmeter --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 check: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -10,11 +10,11 @@ against the baseline measured in the same run (these machines are shared and noi
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
 import random
 import sqlite3
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from creditmeter.kit import clock
@@ -40,9 +40,7 @@ def baseline(path: Path, debits: list[tuple[int, int]], orgs_count: int) -> floa
     conn.execute(
         "CREATE TABLE debits (id INTEGER PRIMARY KEY, org INTEGER NOT NULL, amount INTEGER NOT NULL)"
     )
-    conn.executemany(
-        "INSERT INTO balances VALUES (?, ?)", [(i, 10**15) for i in range(orgs_count)]
-    )
+    conn.executemany("INSERT INTO balances VALUES (?, ?)", [(i, 10**15) for i in range(orgs_count)])
     start = time.perf_counter()
     for i in range(0, len(debits), TXN_SIZE):
         conn.execute("BEGIN IMMEDIATE")
@@ -107,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ledger debit, SQLite, {n:,} debits over {args.orgs} organizations, {TXN_SIZE:,} per tx")
     print(f"  raw sqlite3 baseline          : {n / base:12,.0f} debits/s")
     print(f"  ledger.debit, one by one      : {n / single:12,.0f} debits/s  ({base / single:.3f}x)")
-    print(f"  ledger.debit_many, per org    : {n / batched:12,.0f} debits/s  ({base / batched:.3f}x)")
+    print(
+        f"  ledger.debit_many, per org    : {n / batched:12,.0f} debits/s  ({base / batched:.3f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import ledger_debit  # noqa: E402
+from benchmarks import ledger_debit
 
 
 def main() -> None:

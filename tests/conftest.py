@@ -42,7 +42,7 @@ def postgres_url() -> Iterator[str]:
     try:
         server = pg.server()
         admin = server.__enter__()
-    except Exception as exc:  # noqa: BLE001 - any failure to reach or start PostgreSQL
+    except Exception as exc:
         reason = f"PostgreSQL unavailable and could not be started: {exc}"
         if IN_CI:
             pytest.fail(reason + " (CI=true requires the PostgreSQL tests to run)")
@@ -113,24 +113,32 @@ def operator(operator_key: str) -> dict[str, str]:
 @pytest.fixture
 def make_org(db: Database) -> Callable[..., str]:
     """Create an organization directly through the service; returns its id."""
+
     def _make(name: str = "Acme AI", external_id: str | None = None) -> str:
         with db.write() as session:
             return orgs.create_organization(session, name, external_id, clock.now()).id
+
     return _make
 
 
 @pytest.fixture
 def make_key(db: Database) -> Callable[..., dict[str, str]]:
     """Create an organization key; returns its Authorization headers."""
+
     def _make(org_id: str, *scopes: str, environment: str = "live") -> dict[str, str]:
         with db.write() as session:
             _, secret = orgs.create_api_key(
-                session, org_id, "test key", [Scope(s) for s in scopes or ("org:admin",)],
-                Environment(environment), clock.now(),
+                session,
+                org_id,
+                "test key",
+                [Scope(s) for s in scopes or ("org:admin",)],
+                Environment(environment),
+                clock.now(),
             )
         return {"Authorization": f"Bearer {secret}"}
+
     return _make
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc, arg-type]

@@ -52,19 +52,35 @@ def _temporary_cluster() -> Iterator[str]:
         shutil.chown(datadir, "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
-    subprocess.run([*prefix, initdb, "-D", datadir, "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
     subprocess.run(
-        [*prefix, os.path.join(bindir, "pg_ctl"), "-D", datadir, "-w", "-l",
-         os.path.join(datadir, "log"), "-o", f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1",
-         "start"],
-        check=True, capture_output=True,
+        [*prefix, initdb, "-D", datadir, "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *prefix,
+            os.path.join(bindir, "pg_ctl"),
+            "-D",
+            datadir,
+            "-w",
+            "-l",
+            os.path.join(datadir, "log"),
+            "-o",
+            f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*prefix, os.path.join(bindir, "pg_ctl"), "-D", datadir, "-m", "fast",
-                        "stop"], check=False, capture_output=True)
+        subprocess.run(
+            [*prefix, os.path.join(bindir, "pg_ctl"), "-D", datadir, "-m", "fast", "stop"],
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(datadir, ignore_errors=True)
 
 

@@ -49,7 +49,8 @@ def test_operator_story_from_the_command_line(cli) -> None:
     assert shown.exit_code == 0
     assert "available 1012.5" in shown.stdout
     listed = cli("org", "list")
-    assert "Acme AI" in listed.stdout and "1012.5" in listed.stdout
+    assert "Acme AI" in listed.stdout
+    assert "1012.5" in listed.stdout
 
     verified = cli("verify")
     assert verified.exit_code == 0, verified.output

@@ -50,7 +50,8 @@ def _serve(url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
         log.seek(0)
         output = log.read()
         keys = list(dict.fromkeys(KEY_RE.findall(output)))
-        assert proc.poll() is None and len(keys) == 2, output
+        assert proc.poll() is None, output
+        assert len(keys) == 2, output
         yield base, keys[0]
     finally:
         proc.send_signal(signal.SIGINT)
@@ -69,7 +70,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
     try:
         ctx = pg.server()
         admin = ctx.__enter__()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if IN_CI:
             pytest.fail(f"PostgreSQL unavailable in CI: {exc}")
         pytest.skip(f"PostgreSQL unavailable: {exc}")
@@ -94,7 +95,7 @@ def test_serve_migrates_seeds_the_demo_and_answers(server: tuple[str, str]) -> N
 
     acme = httpx.get(f"{base}/v1/organizations/{names['Acme AI']}/balance", headers=headers).json()
     assert acme["paused"] is False
-    assert acme["available"] == "4426.375"  # 6,250 granted − 1,823.625 consumed
+    assert acme["available"] == "4426.375"  # 6,250 granted - 1,823.625 consumed
     globex = httpx.get(
         f"{base}/v1/organizations/{names['Globex Research']}/balance", headers=headers
     ).json()

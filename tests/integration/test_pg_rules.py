@@ -27,10 +27,13 @@ T0 = utc(2026, 3, 1)
 MakeOrg = Callable[..., str]
 
 
+# These rules exist only on PostgreSQL (SQLite runs the same checks in the write path and verify).
+pytestmark = [pytest.mark.parametrize("db", ["postgresql"], indirect=True), pytest.mark.postgres]
+
+
 @pytest.fixture
 def pg(db: Database) -> Database:
-    if db.dialect != "postgresql":
-        pytest.skip("PostgreSQL-only rule")
+    assert db.dialect == "postgresql"
     return db
 
 

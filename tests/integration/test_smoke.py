@@ -9,7 +9,9 @@ def test_grant_debit_verify(db: Database, make_org) -> None:
     org = make_org()
     now = utc(2026, 1, 15)
     with db.write() as s:
-        ledger.grant(s, org, "live", ledger.GrantRequest(10_000_000, LotSource.PLAN, "jan", now, None), now)
+        ledger.grant(
+            s, org, "live", ledger.GrantRequest(10_000_000, LotSource.PLAN, "jan", now, None), now
+        )
         ledger.debit(s, org, "live", 15_000_000, "inference", "x", now)
     with db.read() as s:
         b = ledger.get_balance(s, org, "live", now)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from creditmeter import __version__
 from creditmeter.api import problems, routes_ledger, routes_orgs
+from creditmeter.api.deps import json_body
 from creditmeter.api.problems import problem
 from creditmeter.config import Settings
 from creditmeter.kit.db import Database
@@ -36,8 +37,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db or Database(settings.database_url)
     problems.install(app)
-    app.include_router(routes_orgs.router)
-    app.include_router(routes_ledger.router)
+    app.include_router(routes_orgs.router, dependencies=[Depends(json_body)])
+    app.include_router(routes_ledger.router, dependencies=[Depends(json_body)])
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -50,8 +51,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         try:
             with app.state.db.read() as session:
                 session.execute(text("SELECT 1"))
-        except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
-            return problem(503, "database_unavailable", f"database unreachable: {type(exc).__name__}")
+        except Exception as exc:  # readiness reports any failure as not ready
+            return problem(
+                503, "database_unavailable", f"database unreachable: {type(exc).__name__}"
+            )
         return JSONResponse({"status": "ready", "database": app.state.db.dialect})
 
     return app

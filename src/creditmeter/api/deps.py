@@ -8,13 +8,30 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from creditmeter.config import Settings
-from creditmeter.errors import Forbidden, NotFound, Unauthorized
+from creditmeter.errors import CreditmeterError, Forbidden, NotFound, Unauthorized
 from creditmeter.kit import clock
 from creditmeter.kit.db import Database
 from creditmeter.orgs import service as orgs
 from creditmeter.orgs.service import Principal, Scope
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `cm_live_…` or `cm_test_…`.")
+
+
+def json_body(request: Request) -> None:
+    """Refuse a request body that is not JSON with 415 (instead of guessing at it)."""
+    if request.method not in {"POST", "PUT", "PATCH"}:
+        return
+    has_body = request.headers.get("content-length", "0") != "0" or (
+        "transfer-encoding" in request.headers
+    )
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if has_body and media_type != "application/json" and not media_type.endswith("+json"):
+        raise CreditmeterError(
+            f"send the body as JSON with 'Content-Type: application/json' (got "
+            f"{media_type or 'no Content-Type'})",
+            code="unsupported_media_type",
+            status_code=415,
+        )
 
 
 def get_db(request: Request) -> Database:
@@ -64,8 +81,10 @@ def authorize_org(principal: Principal, org_id: str, scopes: frozenset[str]) -> 
         raise NotFound(f"organization {org_id} not found")
     if not principal.scopes & scopes:
         needed = " or ".join(sorted(scopes))
-        raise Forbidden(f"this API key lacks the scope for this action (needs {needed})",
-                        code="insufficient_scope")
+        raise Forbidden(
+            f"this API key lacks the scope for this action (needs {needed})",
+            code="insufficient_scope",
+        )
 
 
 def require_operator(principal: Principal) -> None:

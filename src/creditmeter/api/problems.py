@@ -18,15 +18,29 @@ from creditmeter.errors import CreditmeterError
 
 log = logging.getLogger("creditmeter.api")
 PROBLEM = "application/problem+json"
-_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-           405: "Method not allowed", 409: "Conflict", 413: "Payload too large",
-           415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests",
-           500: "Internal error"}
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal error",
+}
 
 
-def problem(status: int, code: str, detail: str, title: str | None = None,
-            errors: list[dict[str, Any]] | None = None,
-            headers: dict[str, str] | None = None) -> JSONResponse:
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": f"https://creditmeter.dev/problems/{code.replace('_', '-')}",
         "title": title or _TITLES.get(status, "Error"),
@@ -60,7 +74,7 @@ def _message(err: dict[str, Any]) -> str:
         return f"the body is not valid JSON ({ctx.get('error', 'parse error')})"
     if kind == "timezone_aware":
         return "send an RFC 3339 timestamp with a time zone, e.g. 2026-12-31T23:59:59Z"
-    if kind == "model_attributes_type" or kind == "dict_type":
+    if kind in {"model_attributes_type", "dict_type"}:
         return "send a JSON object"
     return msg.removeprefix("Value error, ")
 
@@ -68,18 +82,28 @@ def _message(err: dict[str, Any]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(CreditmeterError)
     async def _domain(_: Request, exc: CreditmeterError) -> JSONResponse:
-        return problem(exc.status_code, exc.code, exc.detail, exc.title, exc.errors or None)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        title = None if exc.title == CreditmeterError.title else exc.title
+        return problem(
+            exc.status_code, exc.code, exc.detail, title, exc.errors or None, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": _field(tuple(e.get("loc", ()))), "message": _message(e),
-             "type": e.get("type", "invalid")}
+            {
+                "field": "body"
+                if e.get("type") == "json_invalid"
+                else _field(tuple(e.get("loc", ()))),
+                "message": _message(e),
+                "type": e.get("type", "invalid"),
+            }
             for e in exc.errors()
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return problem(422, "validation_failed", detail or "the request is not valid",
-                       errors=errors)
+        return problem(
+            422, "validation_failed", detail or "the request is not valid", errors=errors
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -90,5 +114,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
-        return problem(500, "internal_error",
-                       "an unexpected error occurred; nothing was changed. Please report it.")
+        return problem(
+            500,
+            "internal_error",
+            "an unexpected error occurred; nothing was changed. Please report it.",
+        )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
-from fastapi.responses import JSONResponse
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from creditmeter.api.deps import (
     ADMIN_SCOPES,
@@ -21,6 +22,7 @@ from creditmeter.api.deps import (
     get_settings,
     require_operator,
 )
+from creditmeter.api.idempotent import run_once
 from creditmeter.api.schemas import (
     BalanceOut,
     GrantCreate,
@@ -30,12 +32,18 @@ from creditmeter.api.schemas import (
     ReverseRequest,
 )
 from creditmeter.config import Settings
-from creditmeter.errors import NotFound
+from creditmeter.errors import InvalidRequest, NotFound
 from creditmeter.kit import clock
-from creditmeter.kit import idempotency as idem
 from creditmeter.kit.credits import format_credits
-from creditmeter.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
+from creditmeter.kit.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+)
 from creditmeter.ledger import service as ledger
+from creditmeter.ledger.domain import LotSource
 from creditmeter.ledger.models import JournalTransaction, Lot
 from creditmeter.ledger.models import Posting as PostingRow
 from creditmeter.orgs import service as orgs
@@ -50,7 +58,9 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Cursor = Annotated[str | None, Query(max_length=200)]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", description="Retries with the same key return the first result."),
+    Header(
+        alias="Idempotency-Key", description="Retries with the same key return the first result."
+    ),
 ]
 
 
@@ -70,6 +80,34 @@ def lot_out(lot: Lot) -> dict[str, object]:
     }
 
 
+def _check_grant(body: GrantCreate, now: datetime) -> None:
+    """Rules across fields, answered with field-level errors before anything is written (the ledger
+    checks them again)."""
+    errors: list[dict[str, Any]] = []
+    if body.source == LotSource.PROMO and body.cost_basis:
+        errors.append(
+            {
+                "field": "cost_basis",
+                "type": "invalid_cost_basis",
+                "message": "promotional credits have a cost basis of zero; omit cost_basis",
+            }
+        )
+    effective_at = body.effective_at or now
+    if body.expires_at is not None and body.expires_at <= effective_at:
+        errors.append(
+            {
+                "field": "expires_at",
+                "type": "invalid_expiry",
+                "message": "expires_at must be later than effective_at (default: now); "
+                "send a later time, or omit it for credits that never expire",
+            }
+        )
+    if errors:
+        code = errors[0]["type"] if len(errors) == 1 else "validation_failed"
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise InvalidRequest(detail, code=code, errors=errors)
+
+
 @router.post("/{org_id}/grants", status_code=201, response_model=LotOut)
 def create_grant(
     org_id: str,
@@ -87,40 +125,32 @@ def create_grant(
     authorize_org(caller, org_id, ADMIN_SCOPES)
     require_operator(caller)
     env = environment_for(caller, environment)
-    key = idem.check_key(idempotency_key) if idempotency_key is not None else None
-    fingerprint = idem.request_fingerprint({"environment": env, **body.model_dump(mode="json")})
-    scope = f"grants:{org_id}"
     now = clock.now()
-    try:
-        with db.write() as session:
-            orgs.get_organization(session, org_id)
-            if key is not None and (stored := idem.lookup(session, scope, key, fingerprint)):
-                return JSONResponse(stored.body, status_code=stored.status_code)
-            request = ledger.GrantRequest(
-                amount_micros=body.credits,
-                source=body.source,
-                reason=body.reason,
-                effective_at=body.effective_at or now,
-                expires_at=body.expires_at,
-                priority=body.priority,
-                cost_basis_micros=body.cost_basis or 0,
-                currency=settings.currency,
-            )
-            lot_id = ledger.grant(session, org_id, env, request, now)
-            lot = session.get(Lot, lot_id)
-            assert lot is not None
-            out = LotOut.model_validate(lot_out(lot)).model_dump(mode="json")
-            if key is not None:
-                idem.store(session, scope, key, fingerprint, 201, out, now)
-            return JSONResponse(out, status_code=201)
-    except IntegrityError:
-        if key is None:
-            raise
-        with db.read() as session:
-            stored = idem.lookup(session, scope, key, fingerprint)
-        if stored is None:
-            raise
-        return JSONResponse(stored.body, status_code=stored.status_code)
+    _check_grant(body, now)
+
+    def create(session: Session) -> dict[str, Any]:
+        orgs.get_organization(session, org_id)
+        request = ledger.GrantRequest(
+            amount_micros=body.credits,
+            source=body.source,
+            reason=body.reason,
+            effective_at=body.effective_at or now,
+            expires_at=body.expires_at,
+            priority=body.priority,
+            cost_basis_micros=body.cost_basis or 0,
+            currency=settings.currency,
+        )
+        lot = session.get(Lot, ledger.grant(session, org_id, env, request, now))
+        assert lot is not None
+        return LotOut.model_validate(lot_out(lot)).model_dump(mode="json")
+
+    return run_once(
+        db,
+        f"grants:{org_id}",
+        idempotency_key,
+        {"environment": env, **body.model_dump(mode="json")},
+        create,
+    )
 
 
 @router.get("/{org_id}/grants", response_model=Page[LotOut])
@@ -135,7 +165,7 @@ def list_grants(
     """Every lot of the organization, oldest first, including spent and expired ones."""
     authorize_org(caller, org_id, READ_SCOPES)
     env = environment_for(caller, environment)
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, "lot_")
     with db.read() as session:
         orgs.get_organization(session, org_id)
         query = (
@@ -157,7 +187,7 @@ def list_grants(
 
 @router.get("/{org_id}/balance", response_model=BalanceOut)
 def get_balance(org_id: str, caller: Caller, db: DB, environment: Env = None) -> object:
-    """Available credits (usable lots − arrears − held), arrears, held, whether the organization is
+    """Available credits (usable lots - arrears - held), arrears, held, whether the organization is
     paused (available ≤ 0), and its lots in the order they will pay."""
     authorize_org(caller, org_id, BALANCE_SCOPES)
     env = environment_for(caller, environment)
@@ -185,6 +215,9 @@ def get_balance(org_id: str, caller: Caller, db: DB, environment: Env = None) ->
     }
 
 
+_TXN_REF = re.compile(r"txn_[0-9]{1,18}")
+
+
 def _txn_ref(txn_id: int) -> str:
     return f"txn_{txn_id}"
 
@@ -209,13 +242,16 @@ def list_ledger(
     zero; positive amounts add to an account."""
     authorize_org(caller, org_id, READ_SCOPES)
     env = environment_for(caller, environment)
-    before = decode_cursor(cursor)
+    before = decode_cursor(cursor, "txn_")
+    if before and not _TXN_REF.fullmatch(before):
+        raise invalid_cursor()
     with db.read() as session:
         orgs.get_organization(session, org_id)
         query = (
             select(JournalTransaction)
-            .where(JournalTransaction.organization_id == org_id,
-                   JournalTransaction.environment == env)
+            .where(
+                JournalTransaction.organization_id == org_id, JournalTransaction.environment == env
+            )
             .order_by(JournalTransaction.id.desc())
             .limit(limit + 1)
         )
@@ -226,14 +262,21 @@ def list_ledger(
         postings: dict[int, list[dict[str, object]]] = defaultdict(list)
         if page:
             for p in session.execute(
-                select(PostingRow.transaction_id, PostingRow.account, PostingRow.lot_id,
-                       PostingRow.amount_micros)
+                select(
+                    PostingRow.transaction_id,
+                    PostingRow.account,
+                    PostingRow.lot_id,
+                    PostingRow.amount_micros,
+                )
                 .where(PostingRow.transaction_id.in_([t.id for t in page]))
                 .order_by(PostingRow.id)
             ):
                 postings[p.transaction_id].append(
-                    {"account": p.account, "lot_id": p.lot_id,
-                     "credits": format_credits(p.amount_micros)}
+                    {
+                        "account": p.account,
+                        "lot_id": p.lot_id,
+                        "credits": format_credits(p.amount_micros),
+                    }
                 )
     more = len(txns) > limit
     return {
@@ -260,27 +303,50 @@ def list_ledger(
     response_model=JournalTransactionOut,
 )
 def reverse_transaction(
-    org_id: str, transaction_id: str, body: ReverseRequest, caller: Caller, db: DB
+    org_id: str,
+    transaction_id: str,
+    body: ReverseRequest,
+    caller: Caller,
+    db: DB,
+    settings: Annotated[Settings, Depends(get_settings)],
+    idempotency_key: IdempotencyKey = None,
 ) -> object:
     """Reverse a journal transaction with a new one that negates it (operator keys only). Credits
-    returning to a lot that has expired go to a new adjustment lot. Each transaction reverses once."""
+    returning to a lot that has expired go to a new adjustment lot. Each transaction reverses once;
+    with an `Idempotency-Key`, a retry returns the first reversal instead of a 409."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
     require_operator(caller)
-    txn_id = _parse_txn_ref(transaction_id)
-    with db.write() as session:
-        new_id = ledger.reverse(session, org_id, txn_id, body.reason, clock.now())
+
+    def create(session: Session) -> dict[str, Any]:
+        orgs.get_organization(session, org_id)
+        txn_id = _parse_txn_ref(transaction_id)
+        new_id = ledger.reverse(
+            session, org_id, txn_id, body.reason, clock.now(), currency=settings.currency
+        )
         txn = session.get(JournalTransaction, new_id)
         assert txn is not None
-        rows = ledger.transaction_postings(session, new_id)
-    return {
-        "id": _txn_ref(new_id),
-        "kind": txn.kind,
-        "description": txn.description,
-        "environment": txn.environment,
-        "reverses": _txn_ref(txn_id),
-        "created_at": txn.created_at,
-        "postings": [
-            {"account": p.account, "lot_id": p.lot_id, "credits": format_credits(p.amount_micros)}
-            for p in rows
-        ],
-    }
+        out = {
+            "id": _txn_ref(new_id),
+            "kind": txn.kind,
+            "description": txn.description,
+            "environment": txn.environment,
+            "reverses": _txn_ref(txn_id),
+            "created_at": txn.created_at,
+            "postings": [
+                {
+                    "account": p.account,
+                    "lot_id": p.lot_id,
+                    "credits": format_credits(p.amount_micros),
+                }
+                for p in ledger.transaction_postings(session, new_id)
+            ],
+        }
+        return JournalTransactionOut.model_validate(out).model_dump(mode="json")
+
+    return run_once(
+        db,
+        f"reversals:{org_id}",
+        idempotency_key,
+        {"transaction": transaction_id, **body.model_dump(mode="json")},
+        create,
+    )

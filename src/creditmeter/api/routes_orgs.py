@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from creditmeter.api.deps import (
     ADMIN_SCOPES,
+    BALANCE_SCOPES,
     DB,
     READ_SCOPES,
     Caller,
     authorize_org,
+    environment_for,
     require_operator,
 )
+from creditmeter.api.idempotent import run_once
 from creditmeter.api.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -29,11 +34,24 @@ from creditmeter.api.schemas import (
 from creditmeter.kit import clock
 from creditmeter.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from creditmeter.orgs import service as orgs
+from creditmeter.orgs.service import Environment
 
 router = APIRouter(prefix="/v1/organizations", tags=["organizations"])
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Cursor = Annotated[str | None, Query(max_length=200)]
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", description="Retries with the same key return the first result."
+    ),
+]
+
+
+def _dump(model: type[BaseModel], obj: object) -> dict[str, Any]:
+    return model.model_validate(obj, from_attributes=True).model_dump(mode="json")
 
 
 def _page(items: list[object], next_id: str | None) -> dict[str, object]:
@@ -45,11 +63,17 @@ def _page(items: list[object], next_id: str | None) -> dict[str, object]:
 
 
 @router.post("", status_code=201, response_model=OrganizationOut)
-def create_organization(body: OrganizationCreate, caller: Caller, db: DB) -> object:
+def create_organization(
+    body: OrganizationCreate, caller: Caller, db: DB, idempotency_key: IdempotencyKey = None
+) -> object:
     """Create an organization (operator keys only). Its live and test balances start at zero."""
     require_operator(caller)
-    with db.write() as session:
-        return orgs.create_organization(session, body.name, body.external_id, clock.now())
+
+    def create(session: Session) -> dict[str, Any]:
+        org = orgs.create_organization(session, body.name, body.external_id, clock.now())
+        return _dump(OrganizationOut, org)
+
+    return run_once(db, "organizations", idempotency_key, body.model_dump(mode="json"), create)
 
 
 @router.get("", response_model=Page[OrganizationOut])
@@ -65,17 +89,26 @@ def list_organizations(
 
 @router.get("/{org_id}", response_model=OrganizationOut)
 def get_organization(org_id: str, caller: Caller, db: DB) -> object:
-    authorize_org(caller, org_id, READ_SCOPES)
+    authorize_org(caller, org_id, BALANCE_SCOPES)
     with db.read() as session:
         return orgs.get_organization(session, org_id)
 
 
 @router.post("/{org_id}/projects", status_code=201, response_model=ProjectOut)
-def create_project(org_id: str, body: ProjectCreate, caller: Caller, db: DB) -> object:
+def create_project(
+    org_id: str,
+    body: ProjectCreate,
+    caller: Caller,
+    db: DB,
+    idempotency_key: IdempotencyKey = None,
+) -> object:
     authorize_org(caller, org_id, ADMIN_SCOPES)
-    with db.write() as session:
+
+    def create(session: Session) -> dict[str, Any]:
         orgs.get_organization(session, org_id)
-        return orgs.create_project(session, org_id, body.name, clock.now())
+        return _dump(ProjectOut, orgs.create_project(session, org_id, body.name, clock.now()))
+
+    return run_once(db, f"projects:{org_id}", idempotency_key, body.model_dump(mode="json"), create)
 
 
 @router.get("/{org_id}/projects", response_model=Page[ProjectOut])
@@ -90,11 +123,21 @@ def list_projects(
 
 
 @router.post("/{org_id}/members", status_code=201, response_model=MemberOut)
-def add_member(org_id: str, body: MemberCreate, caller: Caller, db: DB) -> object:
+def add_member(
+    org_id: str,
+    body: MemberCreate,
+    caller: Caller,
+    db: DB,
+    idempotency_key: IdempotencyKey = None,
+) -> object:
     authorize_org(caller, org_id, ADMIN_SCOPES)
-    with db.write() as session:
+
+    def create(session: Session) -> dict[str, Any]:
         orgs.get_organization(session, org_id)
-        return orgs.add_member(session, org_id, body.email, body.role, clock.now())
+        member = orgs.add_member(session, org_id, body.email, body.role, clock.now())
+        return _dump(MemberOut, member)
+
+    return run_once(db, f"members:{org_id}", idempotency_key, body.model_dump(mode="json"), create)
 
 
 @router.get("/{org_id}/members", response_model=Page[MemberOut])
@@ -110,12 +153,16 @@ def list_members(
 
 @router.post("/{org_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
 def create_api_key(org_id: str, body: ApiKeyCreate, caller: Caller, db: DB) -> object:
-    """Create an organization key. The secret is in this response only; it is stored as a hash."""
+    """Create an organization key. The secret is in this response only; it is stored as a hash.
+
+    `Idempotency-Key` is not honoured here: a replay would have to return the secret again, and the
+    secret is never stored. Each request makes a new key; revoke any you do not use."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
+    environment = Environment(environment_for(caller, body.environment.value))
     with db.write() as session:
         orgs.get_organization(session, org_id)
         key, secret = orgs.create_api_key(
-            session, org_id, body.name, body.scopes, body.environment, clock.now()
+            session, org_id, body.name, body.scopes, environment, clock.now()
         )
         out = ApiKeyOut.model_validate(key, from_attributes=True).model_dump()
         return {**out, "key": secret}
@@ -133,7 +180,7 @@ def list_api_keys(
 
 
 @router.delete("/{org_id}/api-keys/{key_id}", response_model=ApiKeyOut)
-def revoke_api_key(org_id: str, key_id: str, caller: Caller, db: DB, response: Response) -> object:
+def revoke_api_key(org_id: str, key_id: str, caller: Caller, db: DB) -> object:
     """Revoke a key at once; requests with it get 401 from now on. Revoking twice is harmless."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
     with db.write() as session:

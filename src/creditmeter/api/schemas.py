@@ -3,10 +3,11 @@ unknown fields."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -17,9 +18,21 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from creditmeter.kit.credits import CreditsFormatError, parse_credits
+from creditmeter.kit.credits import (
+    MAX_CREDITS_MICROS,
+    CreditsFormatError,
+    format_credits,
+    parse_credits,
+)
 from creditmeter.ledger.domain import LotSource
 from creditmeter.orgs.service import Environment, Role, Scope
+
+#: No amount needs more characters than this ("1000000000000.000000" is 20); longer input is refused
+#: before it is parsed, and the error does not echo it.
+MAX_CREDITS_TEXT = 40
+#: Timestamps accepted on the API (converting the extremes to UTC would overflow).
+MIN_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIMESTAMP = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 def _positive_credits(value: Any) -> int:
@@ -27,6 +40,11 @@ def _positive_credits(value: Any) -> int:
         raise ValueError(
             'credits must be a decimal string such as "12.5", not a JSON number '
             "(numbers lose precision)"
+        )
+    if len(value) > MAX_CREDITS_TEXT:
+        raise ValueError(
+            f"credits is {len(value)} characters long; the largest amount is "
+            f'{format_credits(MAX_CREDITS_MICROS)}: send a decimal string such as "12.5"'
         )
     try:
         micros = parse_credits(value)
@@ -40,6 +58,8 @@ def _positive_credits(value: Any) -> int:
 def _money_per_credit(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError('cost_basis must be a decimal string such as "0.01", not a JSON number')
+    if len(value) > MAX_CREDITS_TEXT:
+        raise ValueError('cost_basis is too long; send a decimal string such as "0.01"')
     try:
         micros = parse_credits(value)
     except CreditsFormatError as exc:
@@ -49,24 +69,61 @@ def _money_per_credit(value: Any) -> int:
     return micros
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000); remove it")
+    return value
+
+
+def _utc_timestamp(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_TIMESTAMP <= utc <= MAX_TIMESTAMP:
+        raise ValueError(
+            "is out of range; send an RFC 3339 timestamp between 1970-01-01T00:00:00Z and "
+            "9999-12-30T00:00:00Z"
+        )
+    return utc
+
+
 PositiveCredits = Annotated[
     int,
     BeforeValidator(_positive_credits),
     WithJsonSchema(
-        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$", "examples": ["1000", "12.5"],
-         "description": "Credits as a decimal string with at most 6 decimal places."}
+        {
+            "type": "string",
+            "pattern": r"^[0-9]+(\.[0-9]{1,6})?$",
+            "examples": ["1000", "12.5"],
+            "description": "Credits as a decimal string with at most 6 decimal places.",
+        }
     ),
 ]
 MoneyPerCredit = Annotated[
     int,
     BeforeValidator(_money_per_credit),
     WithJsonSchema(
-        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$", "examples": ["0.01"],
-         "description": "Money paid per credit, in the currency's major unit, as a decimal string."}
+        {
+            "type": "string",
+            "pattern": r"^[0-9]+(\.[0-9]{1,6})?$",
+            "examples": ["0.01"],
+            "description": "Money paid per credit, in the currency's major unit, as a decimal string.",
+        }
     ),
 ]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_nul),
+]
+Reason = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+    AfterValidator(_no_nul),
+]
+#: An aware timestamp, converted to UTC; out-of-range values are a 422, not an overflow later.
+Timestamp = Annotated[AwareDatetime, AfterValidator(_utc_timestamp)]
 
 T = TypeVar("T")
 
@@ -141,9 +198,9 @@ class GrantCreate(Request):
     credits: PositiveCredits
     source: LotSource
     reason: Reason
-    expires_at: AwareDatetime | None = None
-    effective_at: AwareDatetime | None = None
-    priority: int = Field(default=100, ge=0, le=1_000_000)
+    expires_at: Timestamp | None = None
+    effective_at: Timestamp | None = None
+    priority: int = Field(default=100, ge=0, le=1_000_000, strict=True)
     cost_basis: MoneyPerCredit | None = None
 
 

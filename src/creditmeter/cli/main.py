@@ -262,7 +262,7 @@ def org_list(
     now = clock.now()
     table = Table()
     for column in ("id", "name", "external id", "status", "available", "arrears"):
-        table.add_column(column, no_wrap=column == "id")
+        table.add_column(column, no_wrap=column in {"id", "name"})
     with db.read() as session:
         rows, _ = orgs.list_organizations(session, None, limit)
         for org in rows:

@@ -13,6 +13,8 @@ MICROS_PER_CREDIT = 1_000_000
 DECIMALS = 6
 #: The largest amount any single value may hold: fits a signed 64-bit column with room for sums.
 MAX_CREDITS_MICROS = 10**18
+#: The most any balance (lots, arrears or held) may hold: far inside a signed 64-bit column.
+MAX_BALANCE_MICROS = 9 * 10**18
 
 _CREDITS_RE = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]{1,6})?$")
 _TOO_PRECISE_RE = re.compile(r"^-?(0|[1-9][0-9]*)\.[0-9]{7,}$")
@@ -30,9 +32,9 @@ def parse_credits(text: str) -> int:
         raise CreditsFormatError(
             'credits must be a decimal string such as "12.5", not a JSON number'
         )
-    s = text.strip()
-    if not _CREDITS_RE.match(s):
-        if _TOO_PRECISE_RE.match(s):
+    s = text
+    if not _CREDITS_RE.fullmatch(s):
+        if _TOO_PRECISE_RE.fullmatch(s):
             raise CreditsFormatError(
                 f"credits {text!r} has more than {DECIMALS} decimal places; "
                 'round it to at most 6, e.g. "0.000001"'

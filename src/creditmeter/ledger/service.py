@@ -17,6 +17,7 @@ from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import Conflict, InvalidRequest, NotFound
+from creditmeter.kit.credits import MAX_BALANCE_MICROS, format_credits
 from creditmeter.kit.db import UTCDateTime
 from creditmeter.kit.ids import new_id
 from creditmeter.ledger import domain
@@ -190,6 +191,13 @@ def post(
     new_held = balance.held_micros + held_delta
     if new_held < 0:
         raise InvariantViolation("held credits would become negative")
+    new_lots = balance.lots_micros + sum(lot_deltas.values())
+    if max(new_lots, new_arrears, new_held) > MAX_BALANCE_MICROS:
+        raise InvalidRequest(
+            f"this would take the organization's balance past the largest amount it may hold "
+            f"({format_credits(MAX_BALANCE_MICROS)} credits); nothing was written",
+            code="balance_limit_exceeded",
+        )
 
     org, env = balance.organization_id, balance.environment
     conn = session.connection()

@@ -40,6 +40,8 @@ class Environment(StrEnum):
 
 ORG_SCOPES = frozenset({Scope.ORG_ADMIN, Scope.ORG_INGEST, Scope.ORG_READ})
 KEY_PREFIX_LENGTH = 12
+#: The width of the id columns (``String(40)``).
+ID_MAX_LENGTH = 40
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,14 @@ def create_organization(
     return get_organization(session, org_id)
 
 
+def _storable_id(value: str) -> bool:
+    """Whether ``value`` could be a stored id. Anything else (too long for the column, or carrying a NUL
+    that PostgreSQL refuses in text) is simply not found, never a database error."""
+    return 0 < len(value) <= ID_MAX_LENGTH and "\x00" not in value
+
+
 def get_organization(session: Session, org_id: str) -> Organization:
-    org = session.get(Organization, org_id)
+    org = session.get(Organization, org_id) if _storable_id(org_id) else None
     if org is None:
         raise NotFound(f"organization {org_id} not found")
     return org
@@ -89,7 +97,9 @@ def get_organization(session: Session, org_id: str) -> Organization:
 
 def resolve_organization(session: Session, ref: str) -> Organization:
     """Find an organization by its id or its external id."""
-    org = session.get(Organization, ref)
+    if "\x00" in ref:
+        raise NotFound("organization not found")
+    org = session.get(Organization, ref) if _storable_id(ref) else None
     if org is None:
         org = session.scalars(select(Organization).where(Organization.external_id == ref)).first()
     if org is None:
@@ -101,7 +111,7 @@ def list_organizations(
     session: Session, cursor: str | None, limit: int, only: str | None = None
 ) -> tuple[list[Organization], str | None]:
     query = select(Organization).order_by(Organization.id).limit(limit + 1)
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, "org_")
     if after:
         query = query.where(Organization.id > after)
     if only is not None:
@@ -127,9 +137,12 @@ def list_projects(
     session: Session, org_id: str, cursor: str | None, limit: int
 ) -> tuple[list[Project], str | None]:
     query = (
-        select(Project).where(Project.organization_id == org_id).order_by(Project.id).limit(limit + 1)
+        select(Project)
+        .where(Project.organization_id == org_id)
+        .order_by(Project.id)
+        .limit(limit + 1)
     )
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, "proj_")
     if after:
         query = query.where(Project.id > after)
     rows = list(session.scalars(query))
@@ -158,7 +171,7 @@ def list_members(
     query = (
         select(Member).where(Member.organization_id == org_id).order_by(Member.id).limit(limit + 1)
     )
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, "mem_")
     if after:
         query = query.where(Member.id > after)
     rows = list(session.scalars(query))
@@ -181,8 +194,9 @@ def create_api_key(
     if not scopes:
         raise InvalidRequest("give the key at least one scope", code="invalid_scopes")
     if org_id is None and set(scopes) != {Scope.OPERATOR}:
-        raise InvalidRequest("an operator key has exactly the scope 'operator'",
-                             code="invalid_scopes")
+        raise InvalidRequest(
+            "an operator key has exactly the scope 'operator'", code="invalid_scopes"
+        )
     if org_id is not None and Scope.OPERATOR in scopes:
         raise InvalidRequest(
             "an organization key cannot have the operator scope; "
@@ -214,7 +228,7 @@ def list_api_keys(
     query = (
         select(ApiKey).where(ApiKey.organization_id == org_id).order_by(ApiKey.id).limit(limit + 1)
     )
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, "key_")
     if after:
         query = query.where(ApiKey.id > after)
     rows = list(session.scalars(query))
@@ -223,6 +237,8 @@ def list_api_keys(
 
 def revoke_api_key(session: Session, org_id: str | None, key_id: str, now: datetime) -> ApiKey:
     """Revoke a key (idempotent: revoking twice keeps the first revocation time)."""
+    if not _storable_id(key_id):
+        raise NotFound(f"API key {key_id} not found")
     query = select(ApiKey).where(ApiKey.id == key_id)
     query = query.where(
         ApiKey.organization_id.is_(None) if org_id is None else ApiKey.organization_id == org_id
@@ -243,8 +259,12 @@ def authenticate(
     (at most once per touch interval, so the hot path stays read-only)."""
     row = session.execute(
         select(
-            ApiKey.id, ApiKey.organization_id, ApiKey.scopes, ApiKey.environment,
-            ApiKey.revoked_at, ApiKey.last_used_at,
+            ApiKey.id,
+            ApiKey.organization_id,
+            ApiKey.scopes,
+            ApiKey.environment,
+            ApiKey.revoked_at,
+            ApiKey.last_used_at,
         ).where(ApiKey.key_hash == hash_key(secret))
     ).first()
     if row is None or row.revoked_at is not None:

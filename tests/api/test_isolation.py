@@ -1,0 +1,327 @@
+"""Tenant isolation (DESIGN.md §5, invariant 8): a key scoped to one organization can neither read
+nor change another. For every endpoint under ``/v1/organizations/{org_id}``, a key of Acme gets the
+same 404 for Globex's resources as for an organization that does not exist, and nothing of Globex
+changes. Within its own organization a key can do only what its scope allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from creditmeter.kit import clock
+from creditmeter.kit.db import Database
+from creditmeter.kit.ids import new_id
+from creditmeter.ledger import service as ledger
+from creditmeter.ledger.domain import LotSource
+from creditmeter.ledger.verify import verify
+from creditmeter.models import metadata
+
+Headers = dict[str, str]
+ORG_SCOPES = ["org:admin", "org:read", "org:ingest"]
+
+GRANT = {"credits": "1000", "source": "adjustment", "reason": "take over"}
+#: Every endpoint of one organization: (method, path, JSON body). {org}, {key} and {txn} are filled
+#: with the target organization, one of its API keys and one of its journal transactions.
+ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/v1/organizations/{org}", None),
+    ("GET", "/v1/organizations/{org}/projects", None),
+    ("POST", "/v1/organizations/{org}/projects", {"name": "Intruder"}),
+    ("GET", "/v1/organizations/{org}/members", None),
+    ("POST", "/v1/organizations/{org}/members", {"email": "mallory@evil.example", "role": "owner"}),
+    ("GET", "/v1/organizations/{org}/api-keys", None),
+    ("POST", "/v1/organizations/{org}/api-keys", {"name": "backdoor", "scopes": ["org:admin"]}),
+    ("DELETE", "/v1/organizations/{org}/api-keys/{key}", None),
+    ("GET", "/v1/organizations/{org}/grants", None),
+    ("POST", "/v1/organizations/{org}/grants", GRANT),
+    ("GET", "/v1/organizations/{org}/balance", None),
+    ("GET", "/v1/organizations/{org}/ledger", None),
+    ("POST", "/v1/organizations/{org}/ledger/{txn}/reverse", {"reason": "refund me"}),
+]
+
+
+@dataclass
+class Tenant:
+    id: str
+    key_id: str
+    key: Headers
+    spare_key_id: str
+    txn: str
+
+
+@pytest.fixture
+def tenant(
+    db: Database, make_org: Callable[..., str], make_key: Callable[..., Headers]
+) -> Callable[[str], Tenant]:
+    """An organization with a project, a member, API keys, credits and some usage."""
+    from creditmeter.orgs import service as orgs
+    from creditmeter.orgs.service import Environment, Role, Scope
+
+    def _make(name: str) -> Tenant:
+        org = make_org(name)
+        now = clock.now()
+        with db.write() as s:
+            orgs.create_project(s, org, "Research", now)
+            orgs.add_member(s, org, f"owner@{name.lower()}.example", Role.OWNER, now)
+            key, secret = orgs.create_api_key(
+                s, org, "admin", [Scope.ORG_ADMIN], Environment.LIVE, now
+            )
+            spare, _ = orgs.create_api_key(
+                s, org, "spare", [Scope.ORG_INGEST], Environment.LIVE, now
+            )
+            ledger.grant(
+                s,
+                org,
+                "live",
+                ledger.GrantRequest(500_000_000, LotSource.PLAN, "plan", now, None),
+                now,
+            )
+            txn = ledger.debit(
+                s, org, "live", 120_000_000, "inference", "usage", now
+            ).transaction_id
+        return Tenant(org, key.id, {"Authorization": f"Bearer {secret}"}, spare.id, f"txn_{txn}")
+
+    return _make
+
+
+def state_of(db: Database, org: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every stored row that belongs to ``org`` (and every idempotency record), for before/after
+    comparisons. An API key's last-use time is left out: using a key records it."""
+    snapshot: dict[str, list[tuple[Any, ...]]] = {}
+    with db.read() as s:
+        for table in metadata.sorted_tables:
+            columns = [
+                c for c in table.c if not (table.name == "api_keys" and c.name == "last_used_at")
+            ]
+            query = select(*columns)
+            if table.name == "organizations":
+                query = query.where(table.c.id == org)
+            elif "organization_id" in table.c:
+                query = query.where(table.c.organization_id == org)
+            elif table.name != "idempotency_keys":
+                continue
+            snapshot[table.name] = sorted(tuple(map(repr, row)) for row in s.execute(query))
+    return snapshot
+
+
+def call(
+    client: TestClient,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    headers: Headers,
+    target: Tenant,
+    org_id: str | None = None,
+) -> Any:
+    url = path.format(org=org_id or target.id, key=target.spare_key_id, txn=target.txn)
+    extra = {"Idempotency-Key": "isolation-1"} if method == "POST" else {}
+    return client.request(method, url, json=body, headers={**headers, **extra})
+
+
+def anonymized(response: Any, org_id: str) -> tuple[int, str, dict[str, Any]]:
+    body = response.json()
+    body["detail"] = body["detail"].replace(org_id, "{org}")
+    return response.status_code, response.headers["content-type"], body
+
+
+# --- another organization's resources are invisible ----------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ORG_SCOPES)
+@pytest.mark.parametrize(
+    ("method", "path", "body"), ENDPOINTS, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_a_key_of_one_organization_gets_404_for_another_and_changes_nothing(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    tenant: Callable[[str], Tenant],
+    scope: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    acme, globex = tenant("Acme"), tenant("Globex")
+    acme_key = make_key(acme.id, scope)
+    before = state_of(db, globex.id)
+
+    response = call(client, method, path, body, acme_key, globex)
+
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "not_found"
+    nowhere = new_id("org")
+    missing = call(client, method, path, body, acme_key, globex, org_id=nowhere)
+    assert anonymized(response, globex.id) == anonymized(missing, nowhere), "existence leaks"
+    assert globex.txn not in response.text
+    assert globex.spare_key_id not in response.text
+    assert state_of(db, globex.id) == before
+    assert (
+        client.get(f"/v1/organizations/{globex.id}/balance", headers=globex.key).json()["available"]
+        == "380"
+    )
+
+
+def test_the_matrix_covers_every_endpoint_of_an_organization(client: TestClient) -> None:
+    names = {"{org_id}": "{org}", "{key_id}": "{key}", "{transaction_id}": "{txn}"}
+    published = set()
+    for path, operations in client.get("/openapi.json").json()["paths"].items():
+        if path.startswith("/v1/organizations/{org_id}"):
+            ours = path
+            for theirs, mine in names.items():
+                ours = ours.replace(theirs, mine)
+            published |= {(method.upper(), ours) for method in operations}
+    assert published == {(method, path) for method, path, _ in ENDPOINTS}
+    assert published == set(ALLOWED)
+
+
+def test_an_operator_sees_every_organization(
+    client: TestClient, operator: Headers, tenant: Callable[[str], Tenant]
+) -> None:
+    acme, globex = tenant("Acme"), tenant("Globex")
+    for org in (acme, globex):
+        assert (
+            client.get(f"/v1/organizations/{org.id}/balance", headers=operator).status_code == 200
+        )
+    listed = {o["id"] for o in client.get("/v1/organizations", headers=operator).json()["data"]}
+    assert listed == {acme.id, globex.id}
+
+
+@pytest.mark.parametrize("scope", ORG_SCOPES)
+def test_the_organization_list_shows_a_key_only_its_own(
+    client: TestClient,
+    make_key: Callable[..., Headers],
+    tenant: Callable[[str], Tenant],
+    scope: str,
+) -> None:
+    acme, _ = tenant("Acme"), tenant("Globex")
+    body = client.get("/v1/organizations", headers=make_key(acme.id, scope)).json()
+    assert [o["id"] for o in body["data"]] == [acme.id]
+
+
+def test_revoking_another_organizations_key_through_ones_own_path_is_404(
+    client: TestClient, db: Database, tenant: Callable[[str], Tenant]
+) -> None:
+    acme, globex = tenant("Acme"), tenant("Globex")
+    before = state_of(db, globex.id)
+
+    for key_id in (globex.key_id, globex.spare_key_id):
+        response = client.delete(f"/v1/organizations/{acme.id}/api-keys/{key_id}", headers=acme.key)
+        assert response.status_code == 404, response.text
+        assert response.json()["code"] == "not_found"
+
+    assert state_of(db, globex.id) == before
+    assert (
+        client.get(f"/v1/organizations/{globex.id}/api-keys", headers=globex.key).status_code == 200
+    )
+
+
+def test_reversing_another_organizations_transaction_through_ones_own_path_is_404(
+    client: TestClient, db: Database, operator: Headers, tenant: Callable[[str], Tenant]
+) -> None:
+    acme, globex = tenant("Acme"), tenant("Globex")
+    before = state_of(db, globex.id)
+    for headers in (operator, acme.key):
+        response = client.post(
+            f"/v1/organizations/{acme.id}/ledger/{globex.txn}/reverse",
+            json={"reason": "x"},
+            headers=headers,
+        )
+        assert response.status_code in {403, 404}, (
+            response.text
+        )  # an org key may not reverse at all
+    assert state_of(db, globex.id) == before
+
+
+def test_credits_never_move_between_organizations(
+    client: TestClient, db: Database, operator: Headers, tenant: Callable[[str], Tenant]
+) -> None:
+    acme, globex = tenant("Acme"), tenant("Globex")
+    before = state_of(db, globex.id)
+
+    client.post(f"/v1/organizations/{acme.id}/grants", json=GRANT, headers=operator)
+    with db.write() as s:
+        ledger.debit(s, acme.id, "live", 2_000_000_000, "training", "overrun", clock.now())
+
+    assert state_of(db, globex.id) == before
+    acme_view = client.get(f"/v1/organizations/{acme.id}/balance", headers=acme.key).json()
+    assert (acme_view["available"], acme_view["paused"]) == ("-620", True)
+    globex_view = client.get(f"/v1/organizations/{globex.id}/balance", headers=globex.key).json()
+    assert (globex_view["available"], globex_view["paused"]) == ("380", False)
+    acme_txns = client.get(f"/v1/organizations/{acme.id}/ledger", headers=acme.key).json()["data"]
+    assert globex.txn not in {t["id"] for t in acme_txns}
+    with db.read() as s:
+        assert verify(s) == []
+
+
+# --- what each scope may do in its own organization ----------------------------------------------
+
+ALLOWED = {  # (method, path) -> the status for org:admin, org:read, org:ingest
+    ("GET", "/v1/organizations/{org}"): (200, 200, 200),
+    ("GET", "/v1/organizations/{org}/projects"): (200, 200, 403),
+    ("POST", "/v1/organizations/{org}/projects"): (201, 403, 403),
+    ("GET", "/v1/organizations/{org}/members"): (200, 200, 403),
+    ("POST", "/v1/organizations/{org}/members"): (201, 403, 403),
+    ("GET", "/v1/organizations/{org}/api-keys"): (200, 403, 403),
+    ("POST", "/v1/organizations/{org}/api-keys"): (201, 403, 403),
+    ("DELETE", "/v1/organizations/{org}/api-keys/{key}"): (200, 403, 403),
+    ("GET", "/v1/organizations/{org}/grants"): (200, 200, 403),
+    ("POST", "/v1/organizations/{org}/grants"): (403, 403, 403),  # operator only
+    ("GET", "/v1/organizations/{org}/balance"): (200, 200, 200),
+    ("GET", "/v1/organizations/{org}/ledger"): (200, 200, 403),
+    ("POST", "/v1/organizations/{org}/ledger/{txn}/reverse"): (403, 403, 403),  # operator only
+}
+
+
+@pytest.mark.parametrize(("scope_index", "scope"), list(enumerate(ORG_SCOPES)))
+@pytest.mark.parametrize(
+    ("method", "path", "body"), ENDPOINTS, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_a_key_does_only_what_its_scope_allows_in_its_own_organization(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    tenant: Callable[[str], Tenant],
+    scope_index: int,
+    scope: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    acme = tenant("Acme")
+    key = make_key(acme.id, scope)
+    expected = ALLOWED[(method, path)][scope_index]
+    before = state_of(db, acme.id)
+
+    response = call(client, method, path, body, key, acme)
+
+    assert response.status_code == expected, response.text
+    if expected == 403:
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] in {"insufficient_scope", "operator_only"}
+        assert state_of(db, acme.id) == before
+
+
+def test_an_org_read_key_cannot_create_projects_members_or_keys(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    tenant: Callable[[str], Tenant],
+) -> None:
+    acme = tenant("Acme")
+    reader = make_key(acme.id, "org:read")
+    before = state_of(db, acme.id)
+    for path, body in [
+        ("projects", {"name": "Mine"}),
+        ("members", {"email": "me@acme.example", "role": "owner"}),
+        ("api-keys", {"name": "upgrade", "scopes": ["org:admin"]}),
+    ]:
+        response = client.post(f"/v1/organizations/{acme.id}/{path}", json=body, headers=reader)
+        assert response.status_code == 403, path
+        assert "org:admin" in response.json()["detail"]  # names the scope that is needed
+    assert state_of(db, acme.id) == before
