@@ -25,6 +25,12 @@ class Settings:
     worker_interval_seconds: float = 60.0
     #: ``last_used_at`` of an API key is written at most this often (seconds), keeping reads cheap.
     key_touch_interval_seconds: float = 60.0
+    #: Usage events older than this (by ``occurred_at``) are rejected.
+    late_window_days: int = 35
+    #: Usage events further in the future than this are rejected (clock skew allowance).
+    future_skew_seconds: int = 300
+    #: The operator's rate card (TOML); None means the default that ships with the package.
+    rate_card_path: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -35,4 +41,7 @@ class Settings:
             key_touch_interval_seconds=float(
                 os.environ.get("CREDITMETER_KEY_TOUCH_INTERVAL", "60")
             ),
+            late_window_days=int(os.environ.get("CREDITMETER_LATE_WINDOW_DAYS", "35")),
+            future_skew_seconds=int(os.environ.get("CREDITMETER_FUTURE_SKEW_SECONDS", "300")),
+            rate_card_path=os.environ.get("CREDITMETER_RATE_CARD") or None,
         )

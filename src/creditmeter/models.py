@@ -5,6 +5,7 @@ from __future__ import annotations
 from creditmeter.kit.db import Base
 from creditmeter.kit.idempotency import IdempotencyRecord
 from creditmeter.ledger.models import Balance, JournalTransaction, Lot, Posting
+from creditmeter.metering.models import Hold, ProjectUsage, UsageEvent
 from creditmeter.orgs.models import ApiKey, Member, Organization, Project
 
 metadata = Base.metadata
@@ -12,6 +13,7 @@ metadata = Base.metadata
 __all__ = [
     "ApiKey",
     "Balance",
+    "Hold",
     "IdempotencyRecord",
     "JournalTransaction",
     "Lot",
@@ -19,5 +21,7 @@ __all__ = [
     "Organization",
     "Posting",
     "Project",
+    "ProjectUsage",
+    "UsageEvent",
     "metadata",
 ]

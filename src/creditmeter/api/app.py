@@ -9,11 +9,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from creditmeter import __version__
-from creditmeter.api import problems, routes_ledger, routes_orgs
+from creditmeter.api import problems, routes_ledger, routes_metering, routes_orgs
 from creditmeter.api.deps import json_body
 from creditmeter.api.problems import problem
 from creditmeter.config import Settings
 from creditmeter.kit.db import Database
+from creditmeter.pricing.ratecard import load_rate_card
 
 DESCRIPTION = """
 creditmeter prices AI Engine operations, debits each organization's prepaid credits in real time and
@@ -36,9 +37,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     )
     app.state.settings = settings
     app.state.db = db or Database(settings.database_url)
+    app.state.rate_card = load_rate_card(settings.rate_card_path)
     problems.install(app)
     app.include_router(routes_orgs.router, dependencies=[Depends(json_body)])
     app.include_router(routes_ledger.router, dependencies=[Depends(json_body)])
+    app.include_router(routes_metering.router, dependencies=[Depends(json_body)])
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -41,6 +41,18 @@ def problem(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    body = problem_body(status, code, detail, title, errors)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def problem_body(
+    status: int,
+    code: str,
+    detail: str,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The problem document (also used for per-event errors inside batch results)."""
     body: dict[str, Any] = {
         "type": f"https://creditmeter.dev/problems/{code.replace('_', '-')}",
         "title": title or _TITLES.get(status, "Error"),
@@ -50,7 +62,19 @@ def problem(
     }
     if errors:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    return body
+
+
+def validation_errors(raw: Any) -> list[dict[str, Any]]:
+    """Pydantic errors as field-level problem details whose messages say what to send instead."""
+    return [
+        {
+            "field": "body" if e.get("type") == "json_invalid" else _field(tuple(e.get("loc", ()))),
+            "message": _message(e),
+            "type": e.get("type", "invalid"),
+        }
+        for e in raw
+    ]
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -90,16 +114,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {
-                "field": "body"
-                if e.get("type") == "json_invalid"
-                else _field(tuple(e.get("loc", ()))),
-                "message": _message(e),
-                "type": e.get("type", "invalid"),
-            }
-            for e in exc.errors()
-        ]
+        errors = validation_errors(exc.errors())
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem(
             422, "validation_failed", detail or "the request is not valid", errors=errors

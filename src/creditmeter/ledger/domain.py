@@ -29,6 +29,8 @@ class Account:
     ARREARS = "arrears"
     HELD = "held"
     BREAKAGE = "breakage"
+    #: The platform's side of reservations: a hold moves credits from here into ``held``.
+    HOLDS = "holds"
 
     @staticmethod
     def issuance(source: str) -> str:
@@ -126,6 +128,31 @@ def plan_debit(lots: Iterable[LotState], amount_micros: int, at: datetime) -> De
         takes.append((lot.id, take))
         left -= take
     return DebitPlan(takes=tuple(takes), arrears_micros=left)
+
+
+def plan_debit_sequence(
+    lots: Iterable[LotState], amounts: Sequence[int], at: datetime
+) -> list[DebitPlan]:
+    """Split several debits, one after the other, over the same lots: each sees what the previous
+    ones left. Equal to calling :func:`plan_debit` repeatedly, but sorts the lots once."""
+    order = burn_order(lots, at)
+    left_in = [lot.remaining_micros for lot in order]
+    index = 0
+    plans = []
+    for amount in amounts:
+        if amount < 0:
+            raise ValueError("a debit is never negative")
+        left = amount
+        takes: list[tuple[str, int]] = []
+        while left and index < len(order):
+            take = min(left, left_in[index])
+            takes.append((order[index].id, take))
+            left -= take
+            left_in[index] -= take
+            if left_in[index] == 0:
+                index += 1
+        plans.append(DebitPlan(takes=tuple(takes), arrears_micros=left))
+    return plans
 
 
 def plan_arrears_settlement(

@@ -576,6 +576,27 @@ def reverse(
             code="already_reversed",
         )
     negated = domain.reversal_postings(transaction_postings(session, transaction_id))
+    postings = restore_postings(
+        session, balance, negated, f"re-credit from reversal of txn_{transaction_id}", now, currency
+    )
+    draft = TransactionDraft("reversal", reason, postings, reverses_id=transaction_id)
+    txn_id = post(session, balance, [draft], now)[0]
+    settle_arrears(session, balance, now)
+    return txn_id
+
+
+def restore_postings(
+    session: Session,
+    balance: LockedBalance,
+    negated: Sequence[Posting],
+    why: str,
+    now: datetime,
+    currency: str,
+) -> list[Posting]:
+    """Postings that give credits back exactly: to the lots they came from while those are still valid;
+    to a new adjustment lot (keeping the lot's cost basis, currency and priority) for a lot that has
+    expired; arrears are reduced only as far as they are still outstanding, the rest goes to a new
+    adjustment lot at zero cost basis."""
     expired = _expired_lots(session, [p.lot_id for p in negated if p.lot_id], now)
     postings: list[Posting] = []
     refunds: dict[str, int] = defaultdict(int)
@@ -594,7 +615,6 @@ def reverse(
             if p.account == Account.ARREARS:
                 arrears_room -= p.amount_micros
             postings.append(p)
-    why = f"re-credit from reversal of txn_{transaction_id}"
     for lot_id, amount in refunds.items():
         template = expired[lot_id]
         new_lot = _adjustment_lot(
@@ -611,10 +631,7 @@ def reverse(
     if unpaid_arrears:
         new_lot = _adjustment_lot(session, balance, unpaid_arrears, why, now, currency, 0, 100)
         postings.append(Posting(Account.LOT, unpaid_arrears, new_lot))
-    draft = TransactionDraft("reversal", reason, postings, reverses_id=transaction_id)
-    txn_id = post(session, balance, [draft], now)[0]
-    settle_arrears(session, balance, now)
-    return txn_id
+    return postings
 
 
 def _expired_lots(session: Session, lot_ids: list[str | None], now: datetime) -> dict[str, Lot]:

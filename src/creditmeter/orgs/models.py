@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from creditmeter.kit.db import Base, UTCDateTime
@@ -28,6 +28,8 @@ class Project(Base):
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: The most the project may consume per calendar month (UTC); None means no budget.
+    monthly_budget_micros: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Member(Base):

@@ -10,14 +10,20 @@ import threading
 from creditmeter.kit import clock
 from creditmeter.kit.db import Database
 from creditmeter.ledger import service as ledger
+from creditmeter.metering import holds
 
 log = logging.getLogger("creditmeter.worker")
 
 
 def tick(db: Database) -> int:
     """Run every due job once. Returns the number of organizations whose lots expired."""
+    now = clock.now()
     with db.write() as session:
-        expired = ledger.expire_due(session, clock.now())
+        lapsed = holds.expire_due(session, now)
+    if lapsed:
+        log.info("released %s expired hold(s)", lapsed)
+    with db.write() as session:
+        expired = ledger.expire_due(session, now)
     for org, env, micros in expired:
         log.info("expired %s micro-credits of %s (%s)", micros, org, env)
     return len(expired)

@@ -1,0 +1,375 @@
+"""The hot path: usage ingest, the gate, holds; plus estimates, the rate card and project budgets."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, ValidationError
+
+from creditmeter.api.deps import (
+    ADMIN_SCOPES,
+    DB,
+    Caller,
+    authorize_org,
+    get_settings,
+    require_operator,
+)
+from creditmeter.api.problems import problem_body, validation_errors
+from creditmeter.api.schemas_metering import (
+    AuthorizeIn,
+    AuthorizeOut,
+    BatchOut,
+    BudgetIn,
+    BudgetOut,
+    EstimateIn,
+    EstimateOut,
+    HoldExtendIn,
+    HoldIn,
+    HoldOut,
+    HoldSettleIn,
+    ReverseUsageIn,
+    ReverseUsageOut,
+    UsageBatchIn,
+    UsageEventIn,
+    UsageOut,
+)
+from creditmeter.config import Settings
+from creditmeter.errors import Forbidden, InvalidRequest
+from creditmeter.kit import clock
+from creditmeter.kit.credits import format_credits
+from creditmeter.metering import gate, holds, usage
+from creditmeter.metering.domain import EventInput, EventResult
+from creditmeter.metering.ingest import IngestContext, ingest
+from creditmeter.metering.models import Hold
+from creditmeter.orgs.service import Principal, Scope
+from creditmeter.pricing.domain import RateCard
+
+router = APIRouter(tags=["metering"])
+INGEST_SCOPES = frozenset({Scope.ORG_INGEST, Scope.ORG_ADMIN})
+
+
+def rate_card(request: Request) -> RateCard:
+    card: RateCard = request.app.state.rate_card
+    return card
+
+
+Card = Annotated[RateCard, Depends(rate_card)]
+Config = Annotated[Settings, Depends(get_settings)]
+
+
+def _ingest_key(caller: Principal) -> str | None:
+    """The organization an ingest key is bound to (None: an operator key, any organization)."""
+    if caller.is_operator:
+        return None
+    if not caller.scopes & INGEST_SCOPES:
+        raise Forbidden("this API key lacks the org:ingest scope", code="insufficient_scope")
+    return caller.organization_id
+
+
+def _context(caller: Principal, card: RateCard, settings: Settings) -> IngestContext:
+    return IngestContext(
+        environment=caller.environment,
+        caller_organization_id=_ingest_key(caller),
+        now=clock.now(),
+        rate_card=card,
+        late_window=timedelta(days=settings.late_window_days),
+        future_skew=timedelta(seconds=settings.future_skew_seconds),
+        currency=settings.currency,
+    )
+
+
+def _balance_json(snapshot: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "available": format_credits(snapshot["available_micros"]),
+        "arrears": format_credits(snapshot["arrears_micros"]),
+        "paused": snapshot["paused"],
+    }
+
+
+def _usage_json(result: EventResult) -> dict[str, Any]:
+    assert result.credits_micros is not None
+    assert result.balance is not None
+    return {
+        "id": result.id,
+        "status": result.status,
+        "credits": format_credits(result.credits_micros),
+        "breakdown": result.breakdown,
+        "rate_card_version": result.rate_card_version,
+        "balance": _balance_json(result.balance),
+    }
+
+
+@router.post("/v1/usage", status_code=201, response_model=UsageOut, responses={200: {}})
+def record_usage(body: UsageEventIn, caller: Caller, db: DB, card: Card, settings: Config) -> Any:
+    """Record one usage event and debit it at once. Repeating the same id and body answers 200 with
+    the original result and `status: "duplicate"`; the same id with another body is a 409."""
+    ctx = _context(caller, card, settings)
+    with db.write() as session:
+        result = ingest(session, ctx, [body.to_input()], with_balance=True)[0]
+        if result.status == "duplicate":
+            org_id, _ = gate.resolve_organization(
+                session, body.organization, ctx.caller_organization_id
+            )
+            result = usage.with_balance(session, result, org_id, ctx.environment, ctx.now)
+    if result.error is not None:
+        raise result.error
+    return JSONResponse(_usage_json(result), status_code=201 if result.status == "applied" else 200)
+
+
+@router.post("/v1/usage/batch", response_model=BatchOut)
+def record_usage_batch(
+    body: UsageBatchIn, caller: Caller, db: DB, card: Card, settings: Config
+) -> Any:
+    """Record up to 10,000 events. Each stands alone: a rejected event (with a problem-style `error`)
+    changes nothing and the others apply. Results come back in request order."""
+    ctx = _context(caller, card, settings)
+    return JSONResponse({"results": apply_batch(db, ctx, body.events)})
+
+
+def apply_batch(db: Any, ctx: IngestContext, raw_events: list[dict[str, Any]]) -> list[Any]:
+    """Validate each raw event on its own, ingest the valid ones in one transaction, and answer one
+    result per event in request order."""
+    parsed: list[EventInput | None] = []
+    results: list[dict[str, Any] | None] = []
+    for raw in raw_events:
+        try:
+            parsed.append(UsageEventIn.model_validate(raw).to_input())
+            results.append(None)
+        except ValidationError as exc:
+            parsed.append(None)
+            event_id = raw.get("id") if isinstance(raw, dict) else None
+            errors = validation_errors(exc.errors())
+            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+            results.append(
+                {
+                    "id": event_id if isinstance(event_id, str) else None,
+                    "status": "rejected",
+                    "error": problem_body(422, "validation_failed", detail, errors=errors),
+                }
+            )
+    valid = [p for p in parsed if p is not None]
+    with db.write() as session:
+        applied = iter(ingest(session, ctx, valid))
+    out = []
+    for slot in results:
+        if slot is not None:
+            out.append(slot)
+            continue
+        r = next(applied)
+        item: dict[str, Any] = {"id": r.id, "status": r.status}
+        if r.credits_micros is not None:
+            item["credits"] = format_credits(r.credits_micros)
+        if r.error is not None:
+            e = r.error
+            item["error"] = problem_body(e.status_code, e.code, e.detail, errors=e.errors or None)
+        out.append(item)
+    return out
+
+
+@router.post("/v1/organizations/{org_id}/usage/{event_id}/reverse", response_model=ReverseUsageOut)
+def reverse_usage(
+    org_id: str, event_id: str, body: ReverseUsageIn, caller: Caller, db: DB, settings: Config
+) -> Any:
+    """Correct a usage event (operator keys only): re-credit exactly what it cost, to the lots it came
+    from while they are valid, otherwise as an adjustment lot. Once per event."""
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    require_operator(caller)
+    with db.write() as session:
+        credits, txn_id = usage.reverse(
+            session,
+            org_id,
+            caller.environment,
+            event_id,
+            body.reason,
+            clock.now(),
+            settings.currency,
+        )
+    return {
+        "id": event_id,
+        "reversed": True,
+        "credits": format_credits(credits),
+        "transaction_id": f"txn_{txn_id}",
+    }
+
+
+@router.post("/v1/estimate", response_model=EstimateOut)
+def estimate(body: EstimateIn, caller: Caller, card: Card) -> Any:
+    """Price an operation without recording anything, with the full breakdown."""
+    at = body.occurred_at or clock.now()
+    from creditmeter.pricing.domain import price
+
+    return price(card.version_at(at), body.operation, body.quantities, at, body.cache_hit).to_json()
+
+
+@router.get("/v1/rate-card")
+def get_rate_card(
+    caller: Caller, card: Card, at: Annotated[AwareDatetime | None, Query()] = None
+) -> Any:
+    """The rate card version in force now (or at `?at=`), with every operation, rate and modifier."""
+    return card.version_at(at or clock.now()).to_json()
+
+
+@router.post("/v1/authorize", response_model=AuthorizeOut)
+def authorize(body: AuthorizeIn, caller: Caller, db: DB, card: Card) -> Any:
+    """May this organization run this operation now? `reason` is `ok`, `insufficient_credits` (the
+    available balance is at or below zero, or below the estimate), `project_budget_exceeded` (the
+    project's monthly budget would be passed) or `organization_suspended` (billing suspended it)."""
+    caller_org = _ingest_key(caller)
+    now = clock.now()
+    with db.read() as session:
+        org_id, status = gate.resolve_organization(session, body.organization, caller_org)
+        project = gate.resolve_project(session, org_id, body.project) if body.project else None
+        estimated = gate.estimate_micros(card, body.operation, body.quantities, body.credits, now)
+        d = gate.decide(
+            session,
+            org_id=org_id,
+            status=status,
+            env=caller.environment,
+            project=project,
+            estimated=estimated,
+            now=now,
+        )
+    return {
+        "allowed": d.allowed,
+        "reason": d.reason,
+        "available": format_credits(d.available_micros),
+        "estimated_credits": format_credits(d.estimated_micros),
+    }
+
+
+def _hold_json(hold: Hold) -> dict[str, Any]:
+    return HoldOut(
+        id=hold.id,
+        organization_id=hold.organization_id,
+        project_id=hold.project_id,
+        operation=hold.operation,
+        credits=format_credits(hold.credits_micros),
+        status=hold.status,
+        expires_at=hold.expires_at,
+        created_at=hold.created_at,
+    ).model_dump(mode="json")
+
+
+@router.post("/v1/holds", status_code=201, response_model=HoldOut)
+def place_hold(body: HoldIn, caller: Caller, db: DB, card: Card) -> Any:
+    """Reserve credits for a long operation (the estimate's price, or `credits`). 402 with code
+    `insufficient_credits` or `project_budget_exceeded` when it cannot be covered: nothing reserved."""
+    caller_org = _ingest_key(caller)
+    now = clock.now()
+    with db.write() as session:
+        org_id, status = gate.resolve_organization(session, body.organization, caller_org)
+        project = gate.resolve_project(session, org_id, body.project) if body.project else None
+        amount = gate.estimate_micros(card, body.operation, body.quantities, body.credits, now)
+        hold = holds.place(
+            session,
+            holds.HoldRequest(
+                org_id,
+                status,
+                caller.environment,
+                project,
+                body.operation,
+                amount,
+                body.ttl_seconds,
+            ),
+            now,
+        )
+        return JSONResponse(_hold_json(hold), status_code=201)
+
+
+@router.get("/v1/holds/{hold_id}", response_model=HoldOut)
+def get_hold(hold_id: str, caller: Caller, db: DB) -> Any:
+    caller_org = _ingest_key(caller)
+    with db.read() as session:
+        return _hold_json(holds.get(session, hold_id, caller_org, caller.environment))
+
+
+@router.post("/v1/holds/{hold_id}/extend", response_model=HoldOut)
+def extend_hold(hold_id: str, body: HoldExtendIn, caller: Caller, db: DB) -> Any:
+    """Reserve more credits (`credits`, added to the hold) and/or set a new expiry (`ttl_seconds`
+    from now). More credits are refused with 402 like a new hold."""
+    if body.credits is None and body.ttl_seconds is None:
+        raise InvalidRequest(
+            "send credits, ttl_seconds or both",
+            code="validation_failed",
+            errors=[{"field": "body", "message": "nothing to extend", "type": "missing"}],
+        )
+    caller_org = _ingest_key(caller)
+    now = clock.now()
+    with db.write() as session:
+        hold = holds.get(session, hold_id, caller_org, caller.environment)
+        _, status = gate.resolve_organization(session, hold.organization_id, None)
+        project = (
+            gate.resolve_project(session, hold.organization_id, hold.project_id)
+            if hold.project_id
+            else None
+        )
+        hold = holds.extend(
+            session, hold, status, project, body.credits or 0, body.ttl_seconds, now
+        )
+        return _hold_json(hold)
+
+
+@router.post(
+    "/v1/holds/{hold_id}/settle", response_model=UsageOut, status_code=201, responses={200: {}}
+)
+def settle_hold(
+    hold_id: str, body: HoldSettleIn, caller: Caller, db: DB, card: Card, settings: Config
+) -> Any:
+    """Record the usage of a held operation (its actual cost, which may exceed the hold) and release
+    the rest of the hold. Settling again with the same event id returns the first result."""
+    ctx = _context(caller, card, settings)
+    with db.write() as session:
+        hold = holds.get(session, hold_id, ctx.caller_organization_id, ctx.environment)
+        event = EventInput(
+            id=body.id,
+            organization=hold.organization_id,
+            operation=hold.operation,
+            quantities=dict(body.quantities),
+            project=hold.project_id,
+            member=body.member,
+            occurred_at=body.occurred_at,
+            cache_hit=body.cache_hit,
+            hold=hold.id,
+            metadata=body.metadata,
+        )
+        result = ingest(session, ctx, [event], with_balance=True)[0]
+        if result.status == "duplicate":
+            result = usage.with_balance(
+                session, result, hold.organization_id, ctx.environment, ctx.now
+            )
+    if result.error is not None:
+        raise result.error
+    return JSONResponse(_usage_json(result), status_code=201 if result.status == "applied" else 200)
+
+
+@router.delete("/v1/holds/{hold_id}", response_model=HoldOut)
+def release_hold(hold_id: str, caller: Caller, db: DB) -> Any:
+    """Release a hold: its credits are available again. Releasing twice changes nothing."""
+    caller_org = _ingest_key(caller)
+    with db.write() as session:
+        hold = holds.get(session, hold_id, caller_org, caller.environment)
+        return _hold_json(holds.cancel(session, hold, clock.now()))
+
+
+@router.put("/v1/organizations/{org_id}/projects/{project_id}/budget", response_model=BudgetOut)
+def set_budget(org_id: str, project_id: str, body: BudgetIn, caller: Caller, db: DB) -> Any:
+    """Set (or with `null` remove) a project's monthly credit budget. The gate and holds refuse the
+    project with `project_budget_exceeded` once its month's usage would pass it."""
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    now = clock.now()
+    month = date(now.year, now.month, 1)
+    with db.write() as session:
+        used = usage.set_budget(
+            session, org_id, project_id, body.monthly_credits, caller.environment, month
+        )
+    return {
+        "project_id": project_id,
+        "monthly_credits": (
+            None if body.monthly_credits is None else format_credits(body.monthly_credits)
+        ),
+        "month": month.strftime("%Y-%m"),
+        "used_this_month": format_credits(used),
+    }

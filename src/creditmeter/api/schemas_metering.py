@@ -1,0 +1,210 @@
+"""Request and response bodies of metering: usage events, the gate, holds, budgets, estimates."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    Field,
+    StrictBool,
+    StringConstraints,
+)
+
+from creditmeter.api.schemas import PositiveCredits, Request
+from creditmeter.metering.domain import EventInput
+
+MAX_QUANTITIES = 50
+MAX_METADATA_BYTES = 8192
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Ref = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_no_nul)]
+
+
+def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_small_metadata)]
+Quantities = Annotated[
+    dict[str, Any],
+    Field(
+        max_length=MAX_QUANTITIES,
+        description='Dimension -> amount as a decimal string or integer (e.g. {"input_tokens": '
+        '"1200", "gpu_seconds": "3600", "accelerator": "a100"}). Floats are refused.',
+    ),
+]
+TtlSeconds = Annotated[int, Field(ge=1, le=30 * 24 * 3600, strict=True)]
+
+
+class UsageEventIn(Request):
+    id: Ref = Field(description="Your id for the event: its idempotency key.")
+    organization: Ref = Field(description="Organization id or external id.")
+    project: Ref | None = Field(default=None, description="Project id or name.")
+    member: Ref | None = Field(default=None, description="Member id or email.")
+    operation: Ref
+    quantities: Quantities = Field(default_factory=dict)
+    occurred_at: AwareDatetime | None = None
+    cache_hit: StrictBool = False
+    hold: Ref | None = Field(default=None, description="A hold this usage settles.")
+    metadata: Metadata = None
+
+    def to_input(self) -> EventInput:
+        return EventInput(
+            id=self.id,
+            organization=self.organization,
+            operation=self.operation,
+            quantities=dict(self.quantities),
+            project=self.project,
+            member=self.member,
+            occurred_at=self.occurred_at,
+            cache_hit=self.cache_hit,
+            hold=self.hold,
+            metadata=self.metadata,
+        )
+
+
+class UsageBatchIn(Request):
+    events: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=10_000,
+        description="Up to 10,000 usage events; each is validated and applied on its own.",
+    )
+
+
+class BalanceSummary(BaseModel):
+    available: str
+    arrears: str
+    paused: bool
+
+
+class BreakdownLineOut(BaseModel):
+    component: str
+    quantity: str | None
+    rate: str | None
+    credits: str
+
+
+class UsageOut(BaseModel):
+    id: str
+    status: str
+    credits: str
+    breakdown: list[BreakdownLineOut]
+    rate_card_version: str
+    balance: BalanceSummary
+
+
+class BatchResultOut(BaseModel):
+    id: str
+    status: str
+    credits: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResultOut]
+
+
+class EstimateIn(Request):
+    operation: Ref
+    quantities: Quantities = Field(default_factory=dict)
+    occurred_at: AwareDatetime | None = None
+    cache_hit: StrictBool = False
+
+
+class EstimateOut(BaseModel):
+    credits: str
+    breakdown: list[BreakdownLineOut]
+    rate_card_version: str
+
+
+class AuthorizeIn(Request):
+    organization: Ref
+    operation: Ref
+    project: Ref | None = None
+    quantities: Quantities | None = None
+    credits: PositiveCredits | None = None
+
+
+class AuthorizeOut(BaseModel):
+    allowed: bool
+    reason: str = Field(
+        description="ok | insufficient_credits | project_budget_exceeded | organization_suspended"
+    )
+    available: str
+    estimated_credits: str
+
+
+class HoldIn(Request):
+    organization: Ref
+    operation: Ref
+    project: Ref | None = None
+    quantities: Quantities | None = None
+    credits: PositiveCredits | None = None
+    ttl_seconds: TtlSeconds = 3600
+
+
+class HoldExtendIn(Request):
+    credits: PositiveCredits | None = Field(
+        default=None, description="Credits to reserve in addition to what the hold has."
+    )
+    ttl_seconds: TtlSeconds | None = Field(
+        default=None, description="The hold now expires this many seconds from now."
+    )
+
+
+class HoldSettleIn(Request):
+    id: Ref = Field(description="The usage event's id (idempotency key).")
+    quantities: Quantities = Field(default_factory=dict)
+    occurred_at: AwareDatetime | None = None
+    cache_hit: StrictBool = False
+    member: Ref | None = None
+    metadata: Metadata = None
+
+
+class HoldOut(BaseModel):
+    id: str
+    organization_id: str
+    project_id: str | None
+    operation: str
+    credits: str
+    status: str
+    expires_at: datetime
+    created_at: datetime
+
+
+class BudgetIn(Request):
+    monthly_credits: Annotated[PositiveCredits | None, Field()] = Field(
+        description='The most the project may use per calendar month (UTC), e.g. "5000"; null '
+        "removes the budget."
+    )
+
+
+class BudgetOut(BaseModel):
+    project_id: str
+    monthly_credits: str | None
+    month: str
+    used_this_month: str
+
+
+class ReverseUsageIn(Request):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class ReverseUsageOut(BaseModel):
+    id: str
+    reversed: bool
+    credits: str
+    transaction_id: str

@@ -1,0 +1,149 @@
+"""The gate: may this organization run this operation now? It reads the same rows the ledger writes
+(usable lots, arrears, active holds), so a grant or a debit is seen by the very next call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from creditmeter.errors import InvalidRequest, NotFound
+from creditmeter.ledger.models import Balance, Lot
+from creditmeter.metering.models import Hold, ProjectUsage
+from creditmeter.orgs.models import Organization, Project
+from creditmeter.pricing.domain import RateCard, price
+
+OK = "ok"
+INSUFFICIENT_CREDITS = "insufficient_credits"
+PROJECT_BUDGET_EXCEEDED = "project_budget_exceeded"
+ORGANIZATION_SUSPENDED = "organization_suspended"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    available_micros: int
+    estimated_micros: int
+    organization_id: str
+    project_id: str | None
+
+
+def resolve_organization(session: Session, ref: str, caller_org: str | None) -> tuple[str, str]:
+    """(id, status) of the organization named by id or external id; another organization's is 404."""
+    if "\x00" in ref:
+        raise NotFound(f"organization {ref!r} not found")
+    row = session.execute(
+        select(Organization.id, Organization.status)
+        .where(or_(Organization.id == ref, Organization.external_id == ref))
+        .order_by((Organization.id == ref).desc())
+    ).first()
+    if row is None or (caller_org is not None and row.id != caller_org):
+        raise NotFound(f"organization {ref} not found", code="unknown_organization")
+    return row.id, row.status
+
+
+def resolve_project(session: Session, org_id: str, ref: str) -> tuple[str, int | None]:
+    """(id, monthly budget) of a project of the organization, by id or name."""
+    row = session.execute(
+        select(Project.id, Project.monthly_budget_micros).where(
+            Project.organization_id == org_id, or_(Project.id == ref, Project.name == ref)
+        )
+    ).first()
+    if row is None:
+        raise InvalidRequest(
+            f"project {ref!r} does not exist in this organization; send its id or name",
+            code="unknown_project",
+            errors=[{"field": "project", "message": "unknown project", "type": "unknown_project"}],
+        )
+    return row.id, row.monthly_budget_micros
+
+
+def available_micros(session: Session, org_id: str, env: str, now: datetime) -> int:
+    """Usable lots - arrears - active holds, as of ``now`` (expired holds no longer count, even before
+    the worker releases them)."""
+    usable = session.scalar(
+        select(func.coalesce(func.sum(Lot.remaining_micros), 0)).where(
+            Lot.organization_id == org_id,
+            Lot.environment == env,
+            Lot.remaining_micros > 0,
+            Lot.effective_at <= now,
+            or_(Lot.expires_at.is_(None), Lot.expires_at > now),
+        )
+    )
+    row = session.execute(
+        select(Balance.arrears_micros, Balance.held_micros).where(
+            Balance.organization_id == org_id, Balance.environment == env
+        )
+    ).one()
+    lapsed = session.scalar(
+        select(func.coalesce(func.sum(Hold.credits_micros), 0)).where(
+            Hold.organization_id == org_id,
+            Hold.environment == env,
+            Hold.status == "active",
+            Hold.expires_at <= now,
+        )
+    )
+    held = int(row.held_micros) - int(lapsed or 0)
+    return int(usable or 0) - int(row.arrears_micros) - held
+
+
+def project_used_micros(session: Session, project_id: str, env: str, month: date) -> int:
+    used = session.scalar(
+        select(ProjectUsage.credits_micros).where(
+            ProjectUsage.project_id == project_id,
+            ProjectUsage.environment == env,
+            ProjectUsage.month == month,
+        )
+    )
+    held = session.scalar(
+        select(func.coalesce(func.sum(Hold.credits_micros), 0)).where(
+            Hold.project_id == project_id, Hold.environment == env, Hold.status == "active"
+        )
+    )
+    return int(used or 0) + int(held or 0)
+
+
+def estimate_micros(
+    rate_card: RateCard,
+    operation: str,
+    quantities: Mapping[str, Any] | None,
+    credits_micros: int | None,
+    now: datetime,
+) -> int:
+    """The estimated cost: credits given outright, or the price of the estimated quantities (with no
+    quantities, the operation's base and minimum charge). The operation is checked either way."""
+    version = rate_card.version_at(now)
+    priced = price(version, operation, quantities or {}, now, False)
+    return credits_micros if credits_micros is not None else priced.total_micros
+
+
+def decide(
+    session: Session,
+    *,
+    org_id: str,
+    status: str,
+    env: str,
+    project: tuple[str, int | None] | None,
+    estimated: int,
+    now: datetime,
+) -> Decision:
+    available = available_micros(session, org_id, env, now)
+    project_id = project[0] if project else None
+
+    def answer(allowed: bool, reason: str) -> Decision:
+        return Decision(allowed, reason, available, estimated, org_id, project_id)
+
+    if status == "suspended":
+        return answer(False, ORGANIZATION_SUSPENDED)
+    if available <= 0 or estimated > available:
+        return answer(False, INSUFFICIENT_CREDITS)
+    if project is not None and project[1] is not None:
+        used = project_used_micros(session, project[0], env, date(now.year, now.month, 1))
+        if used + estimated > project[1] or used >= project[1]:
+            return answer(False, PROJECT_BUDGET_EXCEEDED)
+    return answer(True, OK)
