@@ -8,7 +8,7 @@ PostgreSQL serializes writers per organization with row locks taken by the servi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,3 +142,31 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def driver_timestamp(dialect: str, value: datetime | None) -> object:
+    """A UTC timestamp as the driver wants it for a raw statement: the same text SQLAlchemy writes on
+    SQLite, an aware datetime on PostgreSQL."""
+    if value is None:
+        return None
+    value = value.astimezone(UTC)
+    if dialect == "sqlite":
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def bulk_insert(
+    session: Session, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert many rows with one driver-level ``executemany`` (the hot path: no per-row ORM or
+    SQLAlchemy bind processing). Values must already be in the driver's types (see
+    :func:`driver_timestamp`; JSON as text)."""
+    if not rows:
+        return
+    conn = session.connection()
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - names are ours, never input
+        f"VALUES ({', '.join([mark] * len(columns))})"
+    )
+    conn.exec_driver_sql(sql, rows)

@@ -51,16 +51,16 @@ class Allocation:
         return cls(tuple((str(a), int(b)) for a, b in data["lots"]), int(data["arrears"]))
 
 
-def consume(
+def plan_consumption(
     session: Session,
     balance: LockedBalance,
     charges: Sequence[Charge],
     description: str,
     now: datetime,
-) -> tuple[int | None, list[Allocation]]:
-    """Debit every charge in order as one journal transaction; usage beyond the lots goes to arrears
-    (it was performed). Returns the transaction id (None when every charge is zero) and one allocation
-    per charge."""
+) -> tuple[TransactionDraft | None, list[Allocation]]:
+    """Split every charge, in order, over the organization's lots (outstanding arrears are settled
+    first); usage beyond the lots goes to arrears (it was performed). Returns one journal
+    transaction for all of them (None when every charge is zero) and one allocation per charge."""
     settle_arrears(session, balance, now)
     plans = domain.plan_debit_sequence(
         lot_states(session, balance), [c.amount_micros for c in charges], now
@@ -81,8 +81,22 @@ def consume(
     if arrears:
         postings.append(Posting(Account.ARREARS, -arrears))
     postings += [Posting(Account.consumption(op), n) for op, n in sorted(per_operation.items())]
-    txn_id = post(session, balance, [TransactionDraft("usage", description, postings)], now)[0]
-    return txn_id, allocations
+    return TransactionDraft("usage", description, postings), allocations
+
+
+def consume(
+    session: Session,
+    balance: LockedBalance,
+    charges: Sequence[Charge],
+    description: str,
+    now: datetime,
+) -> tuple[int | None, list[Allocation]]:
+    """:func:`plan_consumption` and post it. Returns the transaction id (None when every charge is
+    zero) and one allocation per charge."""
+    draft, allocations = plan_consumption(session, balance, charges, description, now)
+    if draft is None:
+        return None, allocations
+    return post(session, balance, [draft], now)[0], allocations
 
 
 def refund(

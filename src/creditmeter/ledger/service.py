@@ -152,20 +152,80 @@ def lock_balance(session: Session, organization_id: str, environment: str) -> Lo
     return LockedBalance(organization_id, environment, *row)
 
 
+def lock_balances(
+    session: Session, organization_ids: Sequence[str], environment: str
+) -> dict[str, LockedBalance]:
+    """Take the write locks of several organizations in one statement, always in id order (so two
+    batches never deadlock), and read their balances."""
+    ids = sorted(set(organization_ids))
+    found: dict[str, LockedBalance] = {}
+    for start in range(0, len(ids), 500):
+        rows = session.connection().execute(
+            select(
+                Balance.organization_id,
+                Balance.lots_micros,
+                Balance.arrears_micros,
+                Balance.held_micros,
+            )
+            .where(
+                Balance.environment == environment,
+                Balance.organization_id.in_(ids[start : start + 500]),
+            )
+            .order_by(Balance.organization_id)
+            .with_for_update()
+        )
+        for org, lots, arrears, held in rows:
+            found[org] = LockedBalance(org, environment, lots, arrears, held)
+    return found
+
+
+def load_lots_of(session: Session, balances: Sequence[LockedBalance]) -> None:
+    """Load the lots of several locked balances (same environment) with one query."""
+    pending = [b for b in balances if b.lots is None]
+    if not pending:
+        return
+    by_org = {b.organization_id: b for b in pending}
+    for b in pending:
+        b.lots = {}
+    env = pending[0].environment
+    orgs = sorted(by_org)
+    for start in range(0, len(orgs), 500):
+        rows = session.connection().execute(
+            select(Lot.organization_id, *_LOT_STATES.selected_columns).where(
+                Lot.environment == env,
+                Lot.organization_id.in_(orgs[start : start + 500]),
+                Lot.remaining_micros > 0,
+            )
+        )
+        for org, *state in rows:
+            lots = by_org[org].lots
+            assert lots is not None
+            lots[state[0]] = LotState(*state)
+
+
 def post(
     session: Session,
     balance: LockedBalance,
     drafts: Sequence[TransactionDraft],
     now: datetime,
 ) -> list[int]:
-    """The one write path into the journal. Posts every draft for one organization, in one statement per
-    table, and moves the materialized lot remainders and balance by exactly the postings' sums.
+    """Post drafts for one organization (see :func:`post_batch`, the one write path)."""
+    return post_batch(session, [(balance, drafts)], now)[0]
 
-    Checks, before writing anything: each draft sums to zero; every lot named belongs to this
-    organization and environment; no lot would go below zero; arrears never turn into credit.
-    """
-    if not drafts:
-        return []
+
+@dataclass
+class _Moves:
+    balance: LockedBalance
+    drafts: Sequence[TransactionDraft]
+    lot_deltas: dict[str, int]
+    new_arrears: int
+    new_held: int
+
+
+def _plan_moves(
+    session: Session, balance: LockedBalance, drafts: Sequence[TransactionDraft]
+) -> _Moves:
+    """Check one organization's drafts against every ledger rule and work out what they move."""
     lot_deltas: dict[str, int] = defaultdict(int)
     arrears_delta = held_delta = 0
     for draft in drafts:
@@ -198,28 +258,55 @@ def post(
             f"({format_credits(MAX_BALANCE_MICROS)} credits); nothing was written",
             code="balance_limit_exceeded",
         )
+    return _Moves(balance, drafts, lot_deltas, new_arrears, new_held)
 
-    org, env = balance.organization_id, balance.environment
+
+def post_batch(
+    session: Session,
+    items: Sequence[tuple[LockedBalance, Sequence[TransactionDraft]]],
+    now: datetime,
+) -> list[list[int]]:
+    """The one write path into the journal.
+
+    Posts every draft of every (locked) organization given — each journal transaction belongs to
+    exactly one organization — with one statement per table for the whole call, and moves each lot
+    remainder and each organization's balance by exactly its postings' sums (one balance update per
+    organization). Every rule is checked before anything is written: each draft sums to zero; every
+    lot named belongs to that organization and environment; no lot goes below zero; arrears and
+    held never go negative; no balance passes the largest amount. Returns the new transaction ids,
+    per item, in order."""
+    if len({id(balance) for balance, _ in items}) != len(items):
+        raise ValueError("post_batch takes each locked balance once; merge its drafts")
+    moves = [_plan_moves(session, balance, drafts) for balance, drafts in items if drafts]
+    if not moves:
+        return [[] for _ in items]
     conn = session.connection()
     ids = list(
         conn.scalars(
             _INSERT_TRANSACTIONS,
             [
                 {
-                    "organization_id": org,
-                    "environment": env,
+                    "organization_id": m.balance.organization_id,
+                    "environment": m.balance.environment,
                     "kind": d.kind,
                     "description": d.description[:500],
                     "reverses_id": d.reverses_id,
                     "created_at": now,
                 }
-                for d in drafts
+                for m in moves
+                for d in m.drafts
             ],
         )
     )
-    conn.execute(
-        _INSERT_POSTINGS,
-        [
+    postings = []
+    per_move: list[list[int]] = []
+    cursor = 0
+    for m in moves:
+        mine = ids[cursor : cursor + len(m.drafts)]
+        cursor += len(m.drafts)
+        per_move.append(mine)
+        org, env = m.balance.organization_id, m.balance.environment
+        postings += [
             {
                 "transaction_id": txn_id,
                 "organization_id": org,
@@ -228,39 +315,54 @@ def post(
                 "lot_id": p.lot_id,
                 "amount_micros": p.amount_micros,
             }
-            for txn_id, d in zip(ids, drafts, strict=True)
+            for txn_id, d in zip(mine, m.drafts, strict=True)
             for p in d.postings
-        ],
-    )
-    changed = [(lot_id, delta) for lot_id, delta in lot_deltas.items() if delta]
+        ]
+    conn.execute(_INSERT_POSTINGS, postings)
+    changed = [
+        {"b_lot_id": lot_id, "b_delta": delta}
+        for m in moves
+        for lot_id, delta in m.lot_deltas.items()
+        if delta
+    ]
     if changed:
-        conn.execute(_MOVE_LOTS, [{"b_lot_id": lot_id, "b_delta": d} for lot_id, d in changed])
-    lots_delta = sum(lot_deltas.values())
+        conn.execute(_MOVE_LOTS, changed)
     conn.execute(
         _MOVE_BALANCE,
-        {
-            "b_org": org,
-            "b_env": env,
-            "b_lots_delta": lots_delta,
-            "b_arrears": new_arrears,
-            "b_held": new_held,
-            "b_now": now,
-        },
+        [
+            {
+                "b_org": m.balance.organization_id,
+                "b_env": m.balance.environment,
+                "b_lots_delta": sum(m.lot_deltas.values()),
+                "b_arrears": m.new_arrears,
+                "b_held": m.new_held,
+                "b_now": now,
+            }
+            for m in moves
+        ],
     )
-    balance.lots_micros += lots_delta
-    balance.arrears_micros = new_arrears
-    balance.held_micros = new_held
-    if balance.lots is not None:
-        for lot_id, delta in changed:
-            if lot_id in balance.lots:
-                balance.lots[lot_id] = replace(
-                    balance.lots[lot_id],
-                    remaining_micros=balance.lots[lot_id].remaining_micros + delta,
-                )
-            else:
-                balance.lots = None  # a lot created since loading: reload on next use
-                break
-    return ids
+    for m in moves:
+        _apply_moves(m)
+    by_balance = {id(m.balance): ids_ for m, ids_ in zip(moves, per_move, strict=True)}
+    return [by_balance.get(id(balance), []) for balance, _ in items]
+
+
+def _apply_moves(m: _Moves) -> None:
+    """Keep the in-memory view of a locked balance equal to what was just written."""
+    balance = m.balance
+    balance.lots_micros += sum(m.lot_deltas.values())
+    balance.arrears_micros = m.new_arrears
+    balance.held_micros = m.new_held
+    if balance.lots is None:
+        return
+    for lot_id, delta in m.lot_deltas.items():
+        if not delta:
+            continue
+        if lot_id not in balance.lots:
+            balance.lots = None  # a lot created since loading: reload on next use
+            return
+        lot = balance.lots[lot_id]
+        balance.lots[lot_id] = replace(lot, remaining_micros=lot.remaining_micros + delta)
 
 
 def _check_lots(session: Session, balance: LockedBalance, deltas: dict[str, int]) -> None:

@@ -9,13 +9,22 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, insert, or_, select, update
+import orjson
+from sqlalchemy import or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import Conflict, CreditmeterError, InvalidRequest, NotFound
+from creditmeter.kit.db import bulk_insert, driver_timestamp
 from creditmeter.ledger import domain as ledger_domain
-from creditmeter.ledger.consumption import Allocation, Charge, consume, release
-from creditmeter.ledger.service import LockedBalance, lock_balance, lot_states
+from creditmeter.ledger.consumption import Allocation, Charge, plan_consumption, release
+from creditmeter.ledger.service import (
+    LockedBalance,
+    TransactionDraft,
+    load_lots_of,
+    lock_balances,
+    lot_states,
+    post_batch,
+)
 from creditmeter.metering.domain import EventInput, EventResult, check_window
 from creditmeter.metering.models import Hold, ProjectUsage, UsageEvent
 from creditmeter.orgs.models import Member, Organization, Project
@@ -45,6 +54,13 @@ class _Priced:
     fingerprint: str
     project_id: str | None = None
     member_id: str | None = None
+    _breakdown: list[dict[str, Any]] | None = None
+
+    @property
+    def breakdown(self) -> list[dict[str, Any]]:
+        if self._breakdown is None:
+            self._breakdown = _breakdown(self.price)
+        return self._breakdown
 
 
 def price_event(ctx: IngestContext, event: EventInput) -> tuple[datetime, Price]:
@@ -90,11 +106,8 @@ def ingest(
             )
             continue
         by_org[org].append(item)
-    for org_id in sorted(by_org):  # one lock order across batches: no deadlocks
-        for index, result in _apply_organization(
-            session, ctx, org_id, by_org[org_id], with_balance
-        ):
-            results[index] = result
+    for index, result in _apply(session, ctx, by_org, with_balance):
+        results[index] = result
     return [r for r in results if r is not None]
 
 
@@ -114,68 +127,133 @@ def _resolve_organizations(session: Session, refs: set[str]) -> dict[str, str]:
     return found
 
 
-def _apply_organization(
-    session: Session, ctx: IngestContext, org_id: str, items: list[_Priced], with_balance: bool
+@dataclass
+class _OrgWork:
+    balance: LockedBalance
+    accepted: list[_Priced]
+    draft: TransactionDraft | None = None
+    allocations: list[Allocation] | None = None
+
+
+def _apply(
+    session: Session, ctx: IngestContext, by_org: dict[str, list[_Priced]], with_balance: bool
 ) -> list[tuple[int, EventResult]]:
+    """Apply the priced events of every organization with one statement per table: lock all the
+    balances (in id order), look up duplicates, projects, members and holds once, plan each
+    organization's consumption in memory, then post every journal transaction and insert every
+    event together."""
     env, now = ctx.environment, ctx.now
-    balance = lock_balance(session, org_id, env)
-    existing = _existing_events(session, org_id, env, [i.event.id for i in items])
+    org_ids = sorted(by_org)
+    if not org_ids:
+        return []
+    balances = lock_balances(session, org_ids, env)
+    load_lots_of(session, list(balances.values()))
+    items = [item for org in org_ids for item in by_org[org]]
+    existing = _existing_events(
+        session, env, [(org, i.event.id) for org in org_ids for i in by_org[org]]
+    )
     projects = _lookup(
-        session, Project, Project.name, org_id, {i.event.project for i in items if i.event.project}
+        session, Project, Project.name, org_ids, {i.event.project for i in items if i.event.project}
     )
     members = _lookup(
         session,
         Member,
         Member.email,
-        org_id,
+        org_ids,
         {i.event.member.lower() for i in items if i.event.member},
     )
-    holds = _holds(session, org_id, env, {i.event.hold for i in items if i.event.hold})
+    holds = _holds(session, org_ids, env, {i.event.hold for i in items if i.event.hold})
     out: list[tuple[int, EventResult]] = []
+    work: dict[str, _OrgWork] = {}
+    for org_id in org_ids:
+        balance = balances.get(org_id)
+        if balance is None:
+            out += [
+                (
+                    i.index,
+                    EventResult.rejected(
+                        i.event.id,
+                        NotFound(f"organization {org_id} not found", code="unknown_organization"),
+                    ),
+                )
+                for i in by_org[org_id]
+            ]
+            continue
+        accepted, settling = _screen(
+            org_id, by_org[org_id], existing, projects, members, holds, out
+        )
+        if not accepted:
+            continue
+        _settle_holds(session, balance, holds, settling, now)
+        charges = [Charge(i.price.total_micros, i.event.operation) for i in accepted]
+        draft, allocations = plan_consumption(
+            session, balance, charges, f"usage: {len(accepted)} event(s)", now
+        )
+        work[org_id] = _OrgWork(balance, accepted, draft, allocations)
+    posted = post_batch(
+        session, [(w.balance, [w.draft] if w.draft else []) for w in work.values()], now
+    )
+    rows = []
+    for (org_id, w), txn_ids in zip(work.items(), posted, strict=True):
+        assert w.allocations is not None
+        rows += _event_rows(
+            session, ctx, org_id, w.accepted, txn_ids[0] if txn_ids else None, w.allocations
+        )
+    bulk_insert(session, "usage_events", _EVENT_COLUMNS, rows)
+    _add_project_usage(session, env, [i for w in work.values() for i in w.accepted])
+    for org_id, w in work.items():
+        snapshot = available_snapshot(session, w.balance, now) if with_balance else None
+        out += [
+            (
+                i.index,
+                EventResult(
+                    i.event.id,
+                    "applied",
+                    i.price.total_micros,
+                    i.breakdown,
+                    i.price.version,
+                    organization_id=org_id,
+                    balance=snapshot,
+                ),
+            )
+            for i in w.accepted
+        ]
+    return out
+
+
+def _screen(
+    org_id: str,
+    items: list[_Priced],
+    existing: dict[tuple[str, str], dict[str, Any]],
+    projects: dict[tuple[str, str], str],
+    members: dict[tuple[str, str], str],
+    holds: dict[str, Hold],
+    out: list[tuple[int, EventResult]],
+) -> tuple[list[_Priced], dict[str, str]]:
+    """Sort one organization's events into duplicates and rejections (added to ``out``) and the
+    accepted ones, in request order; returns those and the holds they settle."""
     accepted: list[_Priced] = []
     seen: dict[str, _Priced] = {}
     settling: dict[str, str] = {}
     for item in items:
         ev = item.event
-        prior = existing.get(ev.id)
+        prior = existing.get((org_id, ev.id))
         if prior is not None or ev.id in seen:
             out.append((item.index, _duplicate(ev, item, prior, seen.get(ev.id))))
             continue
         try:
-            item.project_id = _resolve(projects, ev.project, "project")
-            item.member_id = _resolve(members, ev.member.lower() if ev.member else None, "member")
+            item.project_id = _resolve(projects, org_id, ev.project, "project")
+            item.member_id = _resolve(
+                members, org_id, ev.member.lower() if ev.member else None, "member"
+            )
             if ev.hold is not None:
-                _check_hold(holds, ev, settling)
+                _check_hold(holds, org_id, ev, settling)
         except CreditmeterError as exc:
             out.append((item.index, EventResult.rejected(ev.id, exc)))
             continue
         seen[ev.id] = item
         accepted.append(item)
-    if accepted:
-        _settle_holds(session, balance, holds, settling, now)
-        charges = [Charge(i.price.total_micros, i.event.operation) for i in accepted]
-        txn_id, allocations = consume(
-            session, balance, charges, f"usage: {len(accepted)} event(s)", now
-        )
-        _insert_events(session, ctx, org_id, accepted, txn_id, allocations)
-        _add_project_usage(session, env, accepted)
-        snapshot = available_snapshot(session, balance, now) if with_balance else None
-        for item in accepted:
-            out.append(
-                (
-                    item.index,
-                    EventResult(
-                        item.event.id,
-                        "applied",
-                        item.price.total_micros,
-                        _breakdown(item.price),
-                        item.price.version,
-                        organization_id=org_id,
-                        balance=snapshot,
-                    ),
-                )
-            )
-    return out
+    return accepted, settling
 
 
 def _duplicate(
@@ -201,11 +279,7 @@ def _duplicate(
         )
     assert earlier is not None
     return EventResult(
-        ev.id,
-        "duplicate",
-        earlier.price.total_micros,
-        _breakdown(earlier.price),
-        earlier.price.version,
+        ev.id, "duplicate", earlier.price.total_micros, earlier.breakdown, earlier.price.version
     )
 
 
@@ -215,25 +289,29 @@ def _breakdown(p: Price) -> list[dict[str, Any]]:
 
 
 def _existing_events(
-    session: Session, org_id: str, env: str, ids: list[str]
-) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    unique = sorted(set(ids))
+    session: Session, env: str, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Events already recorded under these (organization, event id) pairs: exact lookups on the
+    unique index."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    unique = sorted(set(keys))
     for start in range(0, len(unique), _CHUNK):
         for row in session.execute(
             select(
+                UsageEvent.organization_id,
                 UsageEvent.event_id,
                 UsageEvent.request_hash,
                 UsageEvent.credits_micros,
                 UsageEvent.breakdown,
                 UsageEvent.rate_card_version,
             ).where(
-                UsageEvent.organization_id == org_id,
+                tuple_(UsageEvent.organization_id, UsageEvent.event_id).in_(
+                    unique[start : start + _CHUNK]
+                ),
                 UsageEvent.environment == env,
-                UsageEvent.event_id.in_(unique[start : start + _CHUNK]),
             )
         ):
-            found[row.event_id] = row._asdict()
+            found[(row.organization_id, row.event_id)] = row._asdict()
     return found
 
 
@@ -241,28 +319,32 @@ def _lookup(
     session: Session,
     model: type[Project] | type[Member],
     name_column: Any,
-    org_id: str,
+    org_ids: list[str],
     refs: set[str],
-) -> dict[str, str]:
-    if not refs:
-        return {}
+) -> dict[tuple[str, str], str]:
+    """Projects (by id or name) or members (by id or email) of these organizations, keyed by
+    (organization, reference)."""
     refs_list = sorted(r for r in refs if "\x00" not in r)
-    found: dict[str, str] = {}
-    for row in session.execute(
-        select(model.id, name_column).where(
-            model.organization_id == org_id,
-            or_(model.id.in_(refs_list), name_column.in_(refs_list)),
-        )
-    ):
-        found[row[0]] = row[0]
-        found[row[1]] = row[0]
+    found: dict[tuple[str, str], str] = {}
+    for start in range(0, len(refs_list), _CHUNK):
+        chunk = refs_list[start : start + _CHUNK]
+        for row_id, name, org in session.execute(
+            select(model.id, name_column, model.organization_id).where(
+                model.organization_id.in_(org_ids),
+                or_(model.id.in_(chunk), name_column.in_(chunk)),
+            )
+        ):
+            found[(org, row_id)] = row_id
+            found[(org, name)] = row_id
     return found
 
 
-def _resolve(found: dict[str, str], ref: str | None, what: str) -> str | None:
+def _resolve(
+    found: dict[tuple[str, str], str], org_id: str, ref: str | None, what: str
+) -> str | None:
     if ref is None:
         return None
-    resolved = found.get(ref)
+    resolved = found.get((org_id, ref))
     if resolved is None:
         raise InvalidRequest(
             f"{what} {ref!r} does not exist in this organization; send the id or the "
@@ -273,23 +355,27 @@ def _resolve(found: dict[str, str], ref: str | None, what: str) -> str | None:
     return resolved
 
 
-def _holds(session: Session, org_id: str, env: str, ids: set[str]) -> dict[str, Hold]:
+def _holds(session: Session, org_ids: list[str], env: str, ids: set[str]) -> dict[str, Hold]:
     if not ids:
         return {}
     return {
         h.id: h
         for h in session.scalars(
             select(Hold).where(
-                Hold.id.in_(sorted(ids)), Hold.organization_id == org_id, Hold.environment == env
+                Hold.id.in_(sorted(ids)),
+                Hold.organization_id.in_(org_ids),
+                Hold.environment == env,
             )
         )
     }
 
 
-def _check_hold(holds: dict[str, Hold], ev: EventInput, settling: dict[str, str]) -> None:
+def _check_hold(
+    holds: dict[str, Hold], org_id: str, ev: EventInput, settling: dict[str, str]
+) -> None:
     assert ev.hold is not None
     hold = holds.get(ev.hold)
-    if hold is None:
+    if hold is None or hold.organization_id != org_id:
         raise InvalidRequest(
             f"hold {ev.hold} does not exist in this organization",
             code="unknown_hold",
@@ -325,41 +411,67 @@ def _settle_holds(
         )
 
 
-def _insert_events(
+_EVENT_COLUMNS = (
+    "organization_id",
+    "environment",
+    "event_id",
+    "project_id",
+    "member_id",
+    "operation",
+    "quantities",
+    "cache_hit",
+    "occurred_at",
+    "received_at",
+    "credits_micros",
+    "breakdown",
+    "rate_card_version",
+    "request_hash",
+    "transaction_id",
+    "allocation",
+    "hold_id",
+    "metadata",
+)
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _event_rows(
     session: Session,
     ctx: IngestContext,
     org_id: str,
     items: list[_Priced],
     txn_id: int | None,
     allocations: list[Allocation],
-) -> None:
-    table: Table = UsageEvent.__table__  # type: ignore[assignment]
-    session.connection().execute(
-        insert(table),
-        [
-            {
-                "organization_id": org_id,
-                "environment": ctx.environment,
-                "event_id": i.event.id,
-                "project_id": i.project_id,
-                "member_id": i.member_id,
-                "operation": i.event.operation,
-                "quantities": {k: str(v) for k, v in i.event.quantities.items()},
-                "cache_hit": i.event.cache_hit,
-                "occurred_at": i.occurred_at,
-                "received_at": ctx.now,
-                "credits_micros": i.price.total_micros,
-                "breakdown": _breakdown(i.price),
-                "rate_card_version": i.price.version,
-                "request_hash": i.fingerprint,
-                "transaction_id": txn_id,
-                "allocation": a.to_json(),
-                "hold_id": i.event.hold,
-                "metadata": i.event.metadata,
-            }
-            for i, a in zip(items, allocations, strict=True)
-        ],
-    )
+) -> list[tuple[Any, ...]]:
+    """Driver-ready rows of ``usage_events`` for one organization's accepted events."""
+    dialect = session.get_bind().dialect.name
+    received = driver_timestamp(dialect, ctx.now)
+    env = ctx.environment
+    return [
+        (
+            org_id,
+            env,
+            i.event.id,
+            i.project_id,
+            i.member_id,
+            i.event.operation,
+            _json({k: str(v) for k, v in i.event.quantities.items()}),
+            i.event.cache_hit,
+            driver_timestamp(dialect, i.occurred_at),
+            received,
+            i.price.total_micros,
+            _json(i.breakdown),
+            i.price.version,
+            i.fingerprint,
+            txn_id,
+            _json(a.to_json()),
+            i.event.hold,
+            _json(i.event.metadata),
+        )
+        for i, a in zip(items, allocations, strict=True)
+    ]
 
 
 def month_of(moment: datetime) -> date:
