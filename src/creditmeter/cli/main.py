@@ -119,6 +119,10 @@ def serve(
     migrate: Annotated[
         bool, typer.Option(help="Upgrade the database schema before serving.")
     ] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, help="API worker processes (the background worker runs once).")
+    ] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve the API (and the background worker) on HOST:PORT. Upgrades the database first."""
     import uvicorn
@@ -139,7 +143,24 @@ def serve(
     if worker:
         worker.start()
     try:
-        uvicorn.run(create_app(settings, db=db), host=host, port=port, log_level="info")
+        if workers > 1:
+            uvicorn.run(
+                "creditmeter.api.app:create_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level="info",
+                access_log=access_log,
+            )
+        else:
+            uvicorn.run(
+                create_app(settings, db=db),
+                host=host,
+                port=port,
+                log_level="info",
+                access_log=access_log,
+            )
     finally:
         if worker:
             worker.stop()
