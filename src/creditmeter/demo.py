@@ -1,22 +1,30 @@
-"""Demo data for a newcomer: ``creditmeter serve --demo`` seeds two organizations with projects, members,
-credits from every source and a month of consumption, so the API shows something real at once.
+"""Demo data for a newcomer: ``creditmeter serve --demo`` seeds two organizations with projects,
+members, credits from every source, two weeks of metered usage, a hold and a project budget, so the
+API shows something real at once.
 
 Seeding is idempotent: an organization that already exists (by external id) is left as it is.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import NotFound
 from creditmeter.kit.credits import parse_credits
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.domain import LotSource
+from creditmeter.metering import holds
+from creditmeter.metering.domain import EventInput
+from creditmeter.metering.ingest import IngestContext, ingest
 from creditmeter.orgs import service as orgs
+from creditmeter.orgs.models import Project
 from creditmeter.orgs.service import Environment, Role, Scope
+from creditmeter.pricing.domain import RateCard
 
 ACME = "demo-acme"
 GLOBEX = "demo-globex"
@@ -46,7 +54,66 @@ def _existing(session: Session, external_id: str) -> str | None:
         return None
 
 
-def _seed_acme(session: Session, now: datetime) -> str:
+def _context(now: datetime, rate_card: RateCard) -> IngestContext:
+    return IngestContext("live", None, now, rate_card, timedelta(days=35), timedelta(0), "USD")
+
+
+def _usage(session: Session, org_id: str, now: datetime, rate_card: RateCard) -> None:
+    """Two weeks of an AI Engine's traffic, recorded through the real ingest path: inference for
+    the chatbot every hour, nightly data processing, and a few training runs on GPUs."""
+    rng = random.Random(20261125)  # noqa: S311 - demo data, not security
+    people = ["alice@acme.example", "bob@acme.example", "carol@acme.example"]
+    events: list[EventInput] = []
+    for hours_ago in range(14 * 24, 0, -1):
+        at = now - timedelta(hours=hours_ago)
+        tokens_in, tokens_out = rng.randint(20_000, 400_000), rng.randint(5_000, 120_000)
+        events.append(
+            EventInput(
+                id=f"acme-inference-{hours_ago}",
+                organization=org_id,
+                operation="inference",
+                quantities={"input_tokens": str(tokens_in), "output_tokens": str(tokens_out)},
+                project="chatbot",
+                member=rng.choice(people),
+                occurred_at=at,
+                cache_hit=rng.random() < 0.3,
+            )
+        )
+        if at.hour == 2:
+            events.append(
+                EventInput(
+                    id=f"acme-etl-{hours_ago}",
+                    organization=org_id,
+                    operation="data_processing",
+                    quantities={
+                        "cpu_seconds": str(rng.randint(3_600, 30_000)),
+                        "data_gb": str(rng.randint(20, 400)),
+                    },
+                    project="data-pipeline",
+                    member="carol@acme.example",
+                    occurred_at=at,
+                )
+            )
+        if hours_ago % 71 == 0:
+            events.append(
+                EventInput(
+                    id=f"acme-training-{hours_ago}",
+                    organization=org_id,
+                    operation="training",
+                    quantities={
+                        "gpu_seconds": str(rng.randint(7_200, 36_000)),
+                        "accelerator": rng.choice(["a100", "h100"]),
+                        "instance_class": "highmem",
+                    },
+                    project="vision-training",
+                    member="bob@acme.example",
+                    occurred_at=at,
+                )
+            )
+    ingest(session, _context(now, rate_card), events)
+
+
+def _seed_acme(session: Session, now: datetime, rate_card: RateCard) -> str:
     org = orgs.create_organization(session, "Acme AI", ACME, now - timedelta(days=20))
     for name in ("chatbot", "vision-training", "data-pipeline"):
         orgs.create_project(session, org.id, name, now)
@@ -87,16 +154,16 @@ def _seed_acme(session: Session, now: datetime) -> str:
             ),
             now,
         )
-    usage = [
-        ("inference", "42.5"),
-        ("training", "610"),
-        ("data_processing", "88.25"),
-        ("inference", "130.75"),
-        ("training", "940"),
-        ("inference", "12.125"),
-    ]
-    for operation, amount in usage:
-        ledger.debit(session, org.id, "live", _credits(amount), operation, f"demo {operation}", now)
+    _usage(session, org.id, now, rate_card)
+    budget = session.scalars(
+        select(Project).where(Project.organization_id == org.id, Project.name == "chatbot")
+    ).one()
+    budget.monthly_budget_micros = _credits("2000")
+    holds.place(
+        session,
+        holds.HoldRequest(org.id, "active", "live", None, "training", _credits("150"), 6 * 3600),
+        now,
+    )
     ledger.grant(
         session,
         org.id,
@@ -107,7 +174,7 @@ def _seed_acme(session: Session, now: datetime) -> str:
     return org.id
 
 
-def _seed_globex(session: Session, now: datetime) -> str:
+def _seed_globex(session: Session, now: datetime, rate_card: RateCard) -> str:
     org = orgs.create_organization(session, "Globex Research", GLOBEX, now - timedelta(days=10))
     orgs.create_project(session, org.id, "forecasting", now)
     orgs.add_member(session, org.id, "hank@globex.example", Role.OWNER, now)
@@ -124,14 +191,23 @@ def _seed_globex(session: Session, now: datetime) -> str:
         ),
         now,
     )
-    ledger.debit(session, org.id, "live", _credits("1042.5"), "training", "demo training run", now)
+    run = EventInput(
+        id="globex-training-run-1",
+        organization=org.id,
+        operation="training",
+        quantities={"gpu_seconds": "900000", "accelerator": "a100", "data_gb": "120"},
+        project="forecasting",
+        member="hank@globex.example",
+        occurred_at=now - timedelta(hours=5),
+    )
+    ingest(session, _context(now, rate_card), [run])
     return org.id
 
 
-def seed(session: Session, now: datetime) -> DemoKeys:
+def seed(session: Session, now: datetime, rate_card: RateCard) -> DemoKeys:
     """Create the demo organizations if missing, and fresh keys to explore them with."""
-    acme = _existing(session, ACME) or _seed_acme(session, now)
-    globex = _existing(session, GLOBEX) or _seed_globex(session, now)
+    acme = _existing(session, ACME) or _seed_acme(session, now, rate_card)
+    globex = _existing(session, GLOBEX) or _seed_globex(session, now, rate_card)
     _, operator_key = orgs.create_api_key(
         session, None, "demo operator", [Scope.OPERATOR], Environment.LIVE, now
     )

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import func, select
+
 from creditmeter import demo
 from creditmeter.kit import clock
 from creditmeter.kit.db import Database
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.domain import LotSource
 from creditmeter.ledger.verify import verify
+from creditmeter.metering.models import UsageEvent
+from creditmeter.metering.verify import CHECKS
 from creditmeter.orgs import service as orgs
+from creditmeter.pricing.ratecard import load_rate_card
 from creditmeter.worker.runner import Worker, tick
 from tests.conftest import utc
 
@@ -45,10 +50,11 @@ def test_the_worker_thread_runs_and_stops(db: Database) -> None:
 
 def test_the_demo_seed_is_real_and_idempotent(db: Database) -> None:
     now = utc(2026, 11, 25, 12)
+    card = load_rate_card()
     with db.write() as s:
-        first = demo.seed(s, now)
+        first = demo.seed(s, now, card)
     with db.write() as s:
-        second = demo.seed(s, now)
+        second = demo.seed(s, now, card)
     assert (first.acme_id, first.globex_id) == (second.acme_id, second.globex_id)
     assert first.operator_key != second.operator_key
     with db.read() as s:
@@ -56,8 +62,17 @@ def test_the_demo_seed_is_real_and_idempotent(db: Database) -> None:
         globex = ledger.get_balance(s, first.globex_id, "live", now)
         assert len(orgs.list_projects(s, first.acme_id, None, 10)[0]) == 3
         assert len(orgs.list_members(s, first.acme_id, None, 10)[0]) == 4
-        assert verify(s) == []
-    assert acme.available_micros == 4426_375_000
+        events = s.scalar(select(func.count()).where(UsageEvent.organization_id == first.acme_id))
+        consumed = s.scalar(
+            select(func.sum(UsageEvent.credits_micros)).where(
+                UsageEvent.organization_id == first.acme_id
+            )
+        )
+        assert verify(s, extra_checks=CHECKS) == []
+    assert events > 14 * 24
+    granted = 6250 * C
+    assert acme.held_micros == 150 * C
+    assert acme.available_micros == granted - consumed - 150 * C
     assert not acme.paused
     assert globex.paused
-    assert globex.arrears_micros == 42_500_000
+    assert globex.arrears_micros > 0

@@ -28,6 +28,7 @@ from creditmeter.kit.migrate import upgrade
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.domain import LotSource
 from creditmeter.ledger.verify import verify as verify_ledger
+from creditmeter.metering.verify import CHECKS as METERING_CHECKS
 from creditmeter.orgs import service as orgs
 from creditmeter.orgs.service import Environment, Scope
 
@@ -168,9 +169,10 @@ def serve(
 
 def _print_demo(db: Database, host: str, port: int) -> None:
     from creditmeter.demo import seed
+    from creditmeter.pricing.ratecard import load_rate_card
 
     with db.write() as session:
-        keys = seed(session, clock.now())
+        keys = seed(session, clock.now(), load_rate_card(_settings().rate_card_path))
     base = f"http://{host}:{port}"
     lines = [
         "creditmeter demo data is ready.",
@@ -243,7 +245,7 @@ def verify() -> None:
         def report(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        mismatches = verify_ledger(session, report)
+        mismatches = verify_ledger(session, report, extra_checks=METERING_CHECKS)
     if not mismatches:
         out.print(
             "[green]ledger verified[/green]: every transaction sums to zero, touches one "
