@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, ValidationError
+from sqlalchemy.orm import Session
 
 from creditmeter.api.deps import (
     ADMIN_SCOPES,
@@ -17,6 +18,7 @@ from creditmeter.api.deps import (
     get_settings,
     require_operator,
 )
+from creditmeter.api.idempotent import run_once
 from creditmeter.api.problems import problem_body, validation_errors
 from creditmeter.api.schemas_metering import (
     AuthorizeIn,
@@ -48,6 +50,12 @@ from creditmeter.orgs.service import Principal, Scope
 from creditmeter.pricing.domain import RateCard
 
 router = APIRouter(tags=["metering"])
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", description="Retries with the same key return the first result."
+    ),
+]
 INGEST_SCOPES = frozenset({Scope.ORG_INGEST, Scope.ORG_ADMIN})
 
 
@@ -254,29 +262,26 @@ def _hold_json(hold: Hold) -> dict[str, Any]:
 
 
 @router.post("/v1/holds", status_code=201, response_model=HoldOut)
-def place_hold(body: HoldIn, caller: Caller, db: DB, card: Card) -> Any:
+def place_hold(
+    body: HoldIn, caller: Caller, db: DB, card: Card, idempotency_key: IdempotencyKey = None
+) -> Any:
     """Reserve credits for a long operation (the estimate's price, or `credits`). 402 with code
-    `insufficient_credits` or `project_budget_exceeded` when it cannot be covered: nothing reserved."""
+    `insufficient_credits` or `project_budget_exceeded` when it cannot be covered: nothing reserved.
+    With an `Idempotency-Key`, a retry returns the first hold instead of placing another."""
     caller_org = _ingest_key(caller)
     now = clock.now()
-    with db.write() as session:
+
+    def create(session: Session) -> dict[str, Any]:
         org_id, status = gate.resolve_organization(session, body.organization, caller_org)
         project = gate.resolve_project(session, org_id, body.project) if body.project else None
         amount = gate.estimate_micros(card, body.operation, body.quantities, body.credits, now)
-        hold = holds.place(
-            session,
-            holds.HoldRequest(
-                org_id,
-                status,
-                caller.environment,
-                project,
-                body.operation,
-                amount,
-                body.ttl_seconds,
-            ),
-            now,
+        request = holds.HoldRequest(
+            org_id, status, caller.environment, project, body.operation, amount, body.ttl_seconds
         )
-        return JSONResponse(_hold_json(hold), status_code=201)
+        return _hold_json(holds.place(session, request, now))
+
+    scope = f"holds:{caller.organization_id or 'operator'}:{caller.environment}"
+    return run_once(db, scope, idempotency_key, body.model_dump(mode="json"), create)
 
 
 @router.get("/v1/holds/{hold_id}", response_model=HoldOut)
@@ -287,9 +292,16 @@ def get_hold(hold_id: str, caller: Caller, db: DB) -> Any:
 
 
 @router.post("/v1/holds/{hold_id}/extend", response_model=HoldOut)
-def extend_hold(hold_id: str, body: HoldExtendIn, caller: Caller, db: DB) -> Any:
+def extend_hold(
+    hold_id: str,
+    body: HoldExtendIn,
+    caller: Caller,
+    db: DB,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     """Reserve more credits (`credits`, added to the hold) and/or set a new expiry (`ttl_seconds`
-    from now). More credits are refused with 402 like a new hold."""
+    from now). More credits are refused with 402 like a new hold. With an `Idempotency-Key`, a
+    retry returns the first answer instead of adding the credits twice."""
     if body.credits is None and body.ttl_seconds is None:
         raise InvalidRequest(
             "send credits, ttl_seconds or both",
@@ -298,7 +310,8 @@ def extend_hold(hold_id: str, body: HoldExtendIn, caller: Caller, db: DB) -> Any
         )
     caller_org = _ingest_key(caller)
     now = clock.now()
-    with db.write() as session:
+
+    def create(session: Session) -> dict[str, Any]:
         hold = holds.get(session, hold_id, caller_org, caller.environment)
         _, status = gate.resolve_organization(session, hold.organization_id, None)
         project = (
@@ -310,6 +323,15 @@ def extend_hold(hold_id: str, body: HoldExtendIn, caller: Caller, db: DB) -> Any
             session, hold, status, project, body.credits or 0, body.ttl_seconds, now
         )
         return _hold_json(hold)
+
+    return run_once(
+        db,
+        f"hold-extensions:{hold_id}",
+        idempotency_key,
+        body.model_dump(mode="json"),
+        create,
+        status_code=200,
+    )
 
 
 @router.post(
