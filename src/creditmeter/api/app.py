@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from creditmeter import __version__
-from creditmeter.api import problems, routes_ledger, routes_metering, routes_orgs
+from creditmeter.api import problems, routes_events, routes_ledger, routes_metering, routes_orgs
 from creditmeter.api.deps import json_body
 from creditmeter.api.problems import problem
 from creditmeter.config import Settings
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(routes_orgs.router, dependencies=[Depends(json_body)])
     app.include_router(routes_ledger.router, dependencies=[Depends(json_body)])
     app.include_router(routes_metering.router, dependencies=[Depends(json_body)])
+    app.include_router(routes_events.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -66,8 +66,8 @@ _RFC3339 = re.compile(
 #: Usage-event fields -> the CloudEvent attribute they come from (for error messages).
 _ATTRIBUTE_OF = {"id": "id", "organization": "subject", "operation": "type", "occurred_at": "time"}
 _TYPE_HINT = (
-    "the bare operation name (e.g. inference) or com.creditmeter.usage.<operation> "
-    "(also dev.creditmeter.usage., with an optional v1. segment)"
+    "the operation as its bare name (inference) or as com.creditmeter.usage.<operation> or "
+    "dev.creditmeter.usage.<operation>, optionally with a v1. segment after usage."
 )
 
 
@@ -307,6 +307,6 @@ def as_attribute_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, A
         if isinstance(field, str):
             item["field"] = attribute_of(field)
             if item["field"] == "type" and item.get("type") == "unknown_operation":
-                item["message"] = f"{item.get('message', '')} ({_TYPE_HINT})"
+                item["message"] = f"{item.get('message', '')}; type is {_TYPE_HINT}"
         renamed.append(item)
     return renamed
