@@ -32,6 +32,7 @@ from creditmeter.pricing.domain import (
     Rate,
     RateCard,
     RateCardVersion,
+    exact_total,
     price,
 )
 from creditmeter.pricing.ratecard import (
@@ -55,6 +56,7 @@ __all__ = [
     "RateCardError",
     "RateCardVersion",
     "clear_rate_card_cache",
+    "exact_total",
     "load_rate_card",
     "parse_rate_card",
     "price",

@@ -10,9 +10,8 @@ import re
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from decimal import (
-    ROUND_FLOOR,
     ROUND_HALF_EVEN,
     Context,
     Decimal,
@@ -56,6 +55,7 @@ _add = EXACT.add
 _sub = EXACT.subtract
 _MICROS = Decimal(MICROS_PER_CREDIT)
 _ONE = Decimal(1)
+_MAX_QUANTITY = Decimal(MAX_QUANTITY)
 _QUANTITY_RE = re.compile(r"(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,12})?")
 _NOT_FINITE = 'NaN and Infinity are not quantities; send a finite decimal string such as "0.5"'
 _FLOAT_MESSAGE = (
@@ -205,8 +205,10 @@ class RateCard:
 
     def version_at(self, at: datetime) -> RateCardVersion:
         """The version in force at ``at``: the boundary instant belongs to the new version."""
-        _check_aware(at)
-        index = bisect_right(self._starts, at) - 1
+        if at.tzinfo is not UTC:
+            _check_aware(at)
+        starts = self._starts
+        index = len(starts) - 1 if at >= starts[-1] else bisect_right(starts, at) - 1
         if index < 0:
             first = self.versions[0].effective_at.isoformat().replace("+00:00", "Z")
             raise PricingError(
@@ -276,12 +278,53 @@ def price(
     total is then rounded ONCE to integer micro-credits with ``ROUNDING`` (half-even), and that total is
     split over the lines by largest remainder (ties to the earlier line), so the lines sum to it exactly.
     """
+    meta, values, subtotal = _exact_lines(version, operation, quantities, occurred_at, cache_hit)
+    total_micros = int(subtotal.to_integral_value(rounding=ROUNDING))
+    if total_micros > MAX_CREDITS_MICROS:
+        raise PricingError(
+            f"this event would cost more than {format_credits(MAX_CREDITS_MICROS)} credits; "
+            "check the quantities (they are in seconds, GB and tokens)",
+            code="invalid_quantity",
+            errors=[
+                _err("quantities", "the quantities are too large to price", "invalid_quantity")
+            ],
+        )
+    split = largest_remainder(values, total_micros)
+    lines = tuple(
+        [
+            BreakdownLine(component, quantity, rate_text, micros)
+            for (component, quantity, rate_text), micros in zip(meta, split, strict=True)
+        ]
+    )
+    return Price(total_micros, lines, version.version)
+
+
+def exact_total(
+    version: RateCardVersion,
+    operation: str,
+    quantities: Mapping[str, object],
+    occurred_at: datetime,
+    cache_hit: bool = False,
+) -> Decimal:
+    """The exact price in credits before the one rounding step (what ``price`` rounds)."""
+    _, _, subtotal = _exact_lines(version, operation, quantities, occurred_at, cache_hit)
+    return EXACT.scaleb(subtotal, -6)
+
+
+def _exact_lines(
+    version: RateCardVersion,
+    operation: str,
+    quantities: Mapping[str, object],
+    occurred_at: datetime,
+    cache_hit: bool,
+) -> tuple[list[tuple[str, str | None, str | None]], list[Decimal], Decimal]:
+    """The breakdown lines as exact micro-credits, in ``LINE_ORDER``, and their exact sum."""
     op = version.operations.get(operation)
     if op is None:
         raise _unknown_operation(version, operation)
-    _check_aware(occurred_at)
+    if occurred_at.tzinfo is not UTC:
+        _check_aware(occurred_at)
     given, gpu, multiplier = _read_quantities(op, quantities)
-
     meta: list[tuple[str, str | None, str | None]] = []
     values: list[Decimal] = []
     subtotal = op.base.micros
@@ -312,23 +355,7 @@ def price(
         meta.append(("minimum_charge", None, minimum.text))
         values.append(_sub(minimum.micros, subtotal))
         subtotal = minimum.micros
-
-    total_micros = int(subtotal.to_integral_value(rounding=ROUNDING))
-    if total_micros > MAX_CREDITS_MICROS:
-        raise PricingError(
-            f"this event would cost more than {format_credits(MAX_CREDITS_MICROS)} credits; "
-            "check the quantities (they are in seconds, GB and tokens)",
-            code="invalid_quantity",
-            errors=[_err("quantities", "the quantities are too large to price", "invalid_quantity")],
-        )
-    split = largest_remainder(values, total_micros)
-    lines = tuple(
-        [
-            BreakdownLine(component, quantity, rate_text, micros)
-            for (component, quantity, rate_text), micros in zip(meta, split, strict=True)
-        ]
-    )
-    return Price(total_micros, lines, version.version)
+    return meta, values, subtotal
 
 
 def largest_remainder(values: list[Decimal], total: int) -> list[int]:
@@ -350,7 +377,7 @@ def largest_remainder(values: list[Decimal], total: int) -> list[int]:
         return floors
     missing = total - sum(floors)
     if missing:
-        order = sorted(range(len(values)), key=lambda i: (floors[i] - values[i], i))
+        order = sorted(range(len(values)), key=lambda i: (_sub(floors[i], values[i]), i))
         for i in order[:missing]:
             floors[i] += 1
     return floors
@@ -449,9 +476,11 @@ def _select(
 def parse_quantity(value: object) -> tuple[str, Decimal] | str:
     """``(text, Decimal)`` for a valid quantity, else the message saying what to send instead."""
     if type(value) is str:
+        if value.isdigit() and value.isascii() and len(value) < 16 and value[0] != "0":
+            return value, Decimal(value)  # a whole number below MAX_QUANTITY: the common case
         if _QUANTITY_RE.fullmatch(value):
             number = Decimal(value)
-            if number <= MAX_QUANTITY:
+            if number <= _MAX_QUANTITY:
                 return value, number
     elif type(value) is int and 0 <= value <= MAX_QUANTITY:
         return str(value), Decimal(value)

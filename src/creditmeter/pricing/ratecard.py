@@ -7,6 +7,7 @@ reported at once, each naming the file, the version and the key (``RateCardError
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -102,10 +103,10 @@ def _read(chosen: str | None, key: str, from_env: bool) -> RateCard:
 
 def parse_rate_card(data: bytes | str, source: str) -> RateCard:
     """Validate a rate card document and precompute every version; raise listing all problems."""
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
     try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
         document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RateCardError(f"rate card {source} is not valid TOML: {exc}") from exc
     problems = _Problems(source)
     versions = _versions(document, problems)
@@ -251,12 +252,14 @@ def _operation(
             raw["cache_hit_multiplier"], at, problems, Decimal(1), MAX_MULTIPLIER_DECIMALS
         )
         cache_hit = Rate.of(value, "cache_hit") if value is not None else None
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        problems.add(f"{where}.description", "write the description as a string")
     if len(problems.items) > before or base is None or minimum is None:
         return None
-    description = raw.get("description", "")
     return OperationRates(
         name=name,
-        description=description if isinstance(description, str) else "",
+        description=str(description),
         base=Rate.of(base, "base"),
         minimum=Rate.of(minimum, "minimum_charge"),
         rates=rates,
@@ -439,10 +442,8 @@ def _default(
 
 def _effective_at(value: object, where: str, problems: _Problems) -> datetime | None:
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = datetime.fromisoformat(value)
-        except ValueError:
-            pass
     if not isinstance(value, datetime) or value.tzinfo is None:
         problems.add(where, "write an RFC 3339 instant with a time zone, e.g. 2026-01-01T00:00:00Z")
         return None
