@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -46,6 +47,7 @@ from creditmeter.ledger import service as ledger
 from creditmeter.ledger.domain import LotSource
 from creditmeter.ledger.models import JournalTransaction, Lot
 from creditmeter.ledger.models import Posting as PostingRow
+from creditmeter.metering import gate
 from creditmeter.orgs import service as orgs
 
 router = APIRouter(prefix="/v1/organizations", tags=["credits"])
@@ -193,7 +195,16 @@ def get_balance(org_id: str, caller: Caller, db: DB, environment: Env = None) ->
     env = environment_for(caller, environment)
     with db.read() as session:
         orgs.get_organization(session, org_id)
-        view = ledger.get_balance(session, org_id, env, clock.now())
+        now = clock.now()
+        view = ledger.get_balance(session, org_id, env, now)
+        # A hold whose time is up stops counting at once, before the worker releases it.
+        lapsed = gate.lapsed_hold_micros(session, org_id, env, now)
+        if lapsed:
+            view = replace(
+                view,
+                available_micros=view.available_micros + lapsed,
+                held_micros=view.held_micros - lapsed,
+            )
     return {
         "organization_id": org_id,
         "environment": env,
