@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -20,6 +20,7 @@ from creditmeter.metering.domain import EventInput
 
 MAX_QUANTITIES = 50
 MAX_METADATA_BYTES = 8192
+MAX_METADATA_DEPTH = 32
 
 
 def _no_nul(value: str) -> str:
@@ -31,8 +32,40 @@ def _no_nul(value: str) -> str:
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_no_nul)]
 
 
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest deeper than ``limit`` levels (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if level > limit:
+            return True
+        stack.extend((child, level + 1) for child in children)
+    return False
+
+
 def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+    if value is None:
+        return value
+    # Deeper nesting than this cannot be stored (the JSON encoder stops at 255 levels): refuse it
+    # here as bad input instead of failing later with a 500.
+    if _depth_over(value, MAX_METADATA_DEPTH):
+        raise ValueError(
+            f"metadata may nest objects and arrays at most {MAX_METADATA_DEPTH} levels deep"
+        )
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(
+            "metadata must be plain JSON (strings, numbers within 64 bits, booleans, null, "
+            "arrays and objects)"
+        ) from exc
+    if len(encoded) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
     return value
 
@@ -77,10 +110,13 @@ class UsageEventIn(Request):
 
 
 class UsageBatchIn(Request):
-    events: list[dict[str, Any]] = Field(
+    # Items are Any, not objects: an item that is not an event object is rejected on its own (its
+    # result says why) while the other events apply, like any other invalid event.
+    events: list[Any] = Field(
         min_length=1,
         max_length=10_000,
-        description="Up to 10,000 usage events; each is validated and applied on its own.",
+        description="Up to 10,000 usage events (objects shaped like the body of POST /v1/usage); "
+        "each is validated and applied on its own.",
     )
 
 

@@ -4,10 +4,11 @@ what makes two submissions of an event "the same"."""
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 from creditmeter.errors import CreditmeterError, InvalidRequest
 
@@ -40,8 +41,8 @@ class EventInput:
             "hold": self.hold,
             "metadata": self.metadata,
         }
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=str)
+        return hashlib.sha256(canonical).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

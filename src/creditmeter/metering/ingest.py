@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import or_, select, tuple_, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import Conflict, CreditmeterError, InvalidRequest, NotFound
@@ -26,6 +26,7 @@ from creditmeter.ledger.service import (
     post_batch,
 )
 from creditmeter.metering.domain import EventInput, EventResult, check_window
+from creditmeter.metering.gate import lapsed_hold_micros
 from creditmeter.metering.models import Hold, ProjectUsage, UsageEvent
 from creditmeter.orgs.models import Member, Organization, Project
 from creditmeter.pricing.domain import Price, RateCard, price
@@ -65,7 +66,8 @@ class _Priced:
 
 def price_event(ctx: IngestContext, event: EventInput) -> tuple[datetime, Price]:
     """Check the time window and price the event with the rate card in force when it happened."""
-    occurred_at = event.occurred_at or ctx.now
+    # In UTC from here on: the month it counts for (project budgets) is a UTC calendar month.
+    occurred_at = (event.occurred_at or ctx.now).astimezone(UTC)
     check_window(occurred_at, ctx.now, ctx.late_window, ctx.future_skew)
     version = ctx.rate_card.version_at(occurred_at)
     return occurred_at, price(
@@ -160,7 +162,8 @@ def _apply(
         Member,
         Member.email,
         org_ids,
-        {i.event.member.lower() for i in items if i.event.member},
+        # a member is named by id (as sent) or by email (stored lower-case)
+        {ref for i in items if i.event.member for ref in (i.event.member, i.event.member.lower())},
     )
     holds = _holds(session, org_ids, env, {i.event.hold for i in items if i.event.hold})
     out: list[tuple[int, EventResult]] = []
@@ -243,9 +246,10 @@ def _screen(
             continue
         try:
             item.project_id = _resolve(projects, org_id, ev.project, "project")
-            item.member_id = _resolve(
-                members, org_id, ev.member.lower() if ev.member else None, "member"
-            )
+            member = ev.member
+            if member is not None and (org_id, member) not in members:
+                member = member.lower()
+            item.member_id = _resolve(members, org_id, member, "member")
             if ev.hold is not None:
                 _check_hold(holds, org_id, ev, settling)
         except CreditmeterError as exc:
@@ -288,30 +292,58 @@ def _breakdown(p: Price) -> list[dict[str, Any]]:
     return breakdown
 
 
+_EXISTING_COLUMNS = (
+    "organization_id, event_id, request_hash, credits_micros, breakdown, rate_card_version"
+)
+_EXISTING_PG = text(
+    f"SELECT e.{_EXISTING_COLUMNS.replace(', ', ', e.')} FROM usage_events e "  # noqa: S608
+    "JOIN unnest(CAST(:orgs AS text[]), CAST(:ids AS text[])) AS k(org, id) "
+    "ON e.organization_id = k.org AND e.environment = :env AND e.event_id = k.id"
+)
+
+
 def _existing_events(
     session: Session, env: str, keys: list[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Events already recorded under these (organization, event id) pairs: exact lookups on the
-    unique index."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
+    """Events already recorded under these (organization, event id) pairs. Every key is one probe of
+    the unique (organization, environment, event id) index, so the cost follows the batch, never the
+    size of the table: a join with ``unnest`` on PostgreSQL, one ``event_id IN`` per organization on
+    SQLite (both plan an index search; a row-value IN over several organizations would scan)."""
     unique = sorted(set(keys))
-    for start in range(0, len(unique), _CHUNK):
-        for row in session.execute(
-            select(
-                UsageEvent.organization_id,
-                UsageEvent.event_id,
-                UsageEvent.request_hash,
-                UsageEvent.credits_micros,
-                UsageEvent.breakdown,
-                UsageEvent.rate_card_version,
-            ).where(
-                tuple_(UsageEvent.organization_id, UsageEvent.event_id).in_(
-                    unique[start : start + _CHUNK]
-                ),
-                UsageEvent.environment == env,
-            )
-        ):
-            found[(row.organization_id, row.event_id)] = row._asdict()
+    rows: list[Any] = []
+    if session.get_bind().dialect.name == "postgresql":
+        for start in range(0, len(unique), 5_000):
+            chunk = unique[start : start + 5_000]
+            rows += session.execute(
+                _EXISTING_PG,
+                {"orgs": [k[0] for k in chunk], "ids": [k[1] for k in chunk], "env": env},
+            ).all()
+    else:
+        by_org: dict[str, list[str]] = defaultdict(list)
+        for org, event_id in unique:
+            by_org[org].append(event_id)
+        for org, ids in by_org.items():
+            for start in range(0, len(ids), _CHUNK):
+                rows += session.execute(
+                    select(
+                        UsageEvent.organization_id,
+                        UsageEvent.event_id,
+                        UsageEvent.request_hash,
+                        UsageEvent.credits_micros,
+                        UsageEvent.breakdown,
+                        UsageEvent.rate_card_version,
+                    ).where(
+                        UsageEvent.organization_id == org,
+                        UsageEvent.environment == env,
+                        UsageEvent.event_id.in_(ids[start : start + _CHUNK]),
+                    )
+                ).all()
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        data = dict(row._mapping)
+        if isinstance(data["breakdown"], str):  # raw SQL returns the JSON text on some drivers
+            data["breakdown"] = orjson.loads(data["breakdown"])
+        found[(data["organization_id"], data["event_id"])] = data
     return found
 
 
@@ -356,16 +388,21 @@ def _resolve(
 
 
 def _holds(session: Session, org_ids: list[str], env: str, ids: set[str]) -> dict[str, Hold]:
+    """The holds these events settle, read under the organizations' locks. ``populate_existing``:
+    a hold this session loaded before taking the lock (the settle route does) may have been
+    released or settled since; its state as of now is what counts, or it would be released twice."""
     if not ids:
         return {}
     return {
         h.id: h
         for h in session.scalars(
-            select(Hold).where(
+            select(Hold)
+            .where(
                 Hold.id.in_(sorted(ids)),
                 Hold.organization_id.in_(org_ids),
                 Hold.environment == env,
             )
+            .execution_options(populate_existing=True)
         )
     }
 
@@ -513,7 +550,12 @@ def available_snapshot(session: Session, balance: LockedBalance, now: datetime) 
         for lot in lot_states(session, balance)
         if ledger_domain.is_usable(lot, now)
     )
-    available = usable - balance.arrears_micros - balance.held_micros
+    held = balance.held_micros
+    if held:
+        # A hold whose time is up no longer counts, even before the worker releases it (as in
+        # the gate's answer and GET balance).
+        held -= lapsed_hold_micros(session, balance.organization_id, balance.environment, now)
+    available = usable - balance.arrears_micros - held
     return {
         "available_micros": available,
         "arrears_micros": balance.arrears_micros,
