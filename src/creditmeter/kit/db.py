@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import BigInteger, DateTime, Engine, Integer, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -72,20 +72,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        poolclass = kwargs.pop("poolclass", None) or _sqlite_pool(path)
+        if poolclass is QueuePool:
+            # As many pooled connections as the server's thread pool has threads (40), so busy
+            # moments never close and reopen connections (each open re-runs the PRAGMAs).
+            kwargs.setdefault("pool_size", 40)
+            kwargs.setdefault("max_overflow", 10)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=kwargs.pop("poolclass", None) or _sqlite_pool(path),
+            poolclass=poolclass,
             **kwargs,
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20, **kwargs)
 
 
 def _sqlite_pool(path: str) -> Any:
-    from sqlalchemy.pool import QueuePool, StaticPool
-
     if not path or path == ":memory:":
         return StaticPool
     return QueuePool if path else NullPool
