@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEMO   ?=
+QUICK  ?=
+BENCH_ARGS ?=
 
 .PHONY: serve test check format bench clean install
 
@@ -35,8 +37,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
+## Benchmarks against same-run baselines (docs/performance.md): the issue's scales; QUICK=1 for a
+## short run; more flags in BENCH_ARGS (e.g. BENCH_ARGS='--only ingest_http --database sqlite').
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1 \
+		|| echo "wrk is not available: gate_http falls back to a Python load generator"
+	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick,) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
