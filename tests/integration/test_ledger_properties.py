@@ -81,8 +81,14 @@ class ExpectedTxn:
 @dataclass(frozen=True)
 class ReversalPlan:
     postings: list[Posting]
-    to_new_lot: int
+    #: (credits, priority) of each new adjustment lot: one per expired lot the reversal would refund
+    #: (keeping its priority), then one for arrears already paid (default priority).
+    new_lots: list[tuple[int, int]]
     refused: str | None = None
+
+    @property
+    def to_new_lot(self) -> int:
+        return sum(amount for amount, _ in self.new_lots)
 
 
 @dataclass
@@ -150,20 +156,22 @@ class Model:
         the Conflict the service must refuse with."""
         original = self.journal[txn_id]
         if original.kind == "reversal":
-            return ReversalPlan([], 0, refused="not_reversible")
+            return ReversalPlan([], [], refused="not_reversible")
         if txn_id in self.reversed:
-            return ReversalPlan([], 0, refused="already_reversed")
+            return ReversalPlan([], [], refused="already_reversed")
         postings: list[Posting] = []
-        to_new_lot = 0
+        refunds: dict[str, int] = {}
+        unpaid = 0
         outstanding = self.arrears
         for p in original.postings:
             back = -p.amount_micros
             if p.account == Account.LOT and back > 0 and self.lots[p.lot_id or ""].expired(at):
-                to_new_lot += back  # an expired lot takes nothing back
+                # an expired lot takes nothing back: a new lot keeps its priority
+                refunds[p.lot_id or ""] = refunds.get(p.lot_id or "", 0) + back
             elif p.account == Account.ARREARS and back > 0:
                 paid = min(back, outstanding)  # only arrears still outstanding can be undone
                 outstanding -= paid
-                to_new_lot += back - paid
+                unpaid += back - paid
                 if paid:
                     postings.append(Posting(Account.ARREARS, paid))
             else:
@@ -175,13 +183,16 @@ class Model:
                 p.account == Account.LOT
                 and self.lots[p.lot_id or ""].remaining + p.amount_micros < 0
             ):
-                return ReversalPlan([], 0, refused="ledger_invariant")
-        return ReversalPlan(postings, to_new_lot)
+                return ReversalPlan([], [], refused="ledger_invariant")
+        new_lots = [(amount, self.lots[lot_id].priority) for lot_id, amount in refunds.items()]
+        if unpaid:
+            new_lots.append((unpaid, 100))
+        return ReversalPlan(postings, new_lots)
 
     def apply_reversal(
-        self, txn_id: int, postings: list[Posting], new_lot: ModelLot | None, at: datetime
+        self, txn_id: int, postings: list[Posting], new_lots: list[ModelLot], at: datetime
     ) -> list[ExpectedTxn]:
-        if new_lot is not None:
+        for new_lot in new_lots:
             self.lots[new_lot.id] = new_lot
             postings = [*postings, Posting(Account.LOT, new_lot.amount, new_lot.id)]
         for p in postings:
@@ -402,26 +413,21 @@ def run(db: Database, org: str, ops: Sequence[Op]) -> Model:
                 continue
             known = set(model.lots)
             reverse(db, org, target, now)
-            new_lot = None
             with db.read() as s:
                 fresh = s.scalars(
                     select(Lot).where(Lot.organization_id == org, Lot.id.not_in(known))
                 ).all()
-            if plan.to_new_lot:
-                [row] = fresh
-                assert (row.source, row.amount_micros, row.expires_at) == (
-                    "adjustment",
-                    plan.to_new_lot,
-                    None,
-                )
+            assert sorted((r.amount_micros, r.priority) for r in fresh) == sorted(plan.new_lots)
+            new_lots = []
+            for row in fresh:
+                assert (row.source, row.expires_at) == ("adjustment", None)
                 assert row.effective_at == row.created_at == now
-                event("a reversal re-credited a new adjustment lot")
-                new_lot = ModelLot(
-                    row.id, row.source, plan.to_new_lot, 0, now, None, row.priority, now
+                new_lots.append(
+                    ModelLot(row.id, row.source, row.amount_micros, 0, now, None, row.priority, now)
                 )
-            else:
-                assert fresh == []
-            expected = model.apply_reversal(target, plan.postings, new_lot, now)
+            if new_lots:
+                event("a reversal re-credited a new adjustment lot")
+            expected = model.apply_reversal(target, plan.postings, new_lots, now)
 
         actual = new_transactions(db, org, last_txn)
         assert_same_transactions(actual, expected)
