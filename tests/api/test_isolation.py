@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,14 +21,19 @@ from creditmeter.kit.ids import new_id
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.domain import LotSource
 from creditmeter.ledger.verify import verify
+from creditmeter.metering.domain import EventInput
+from creditmeter.metering.ingest import IngestContext, ingest
 from creditmeter.models import metadata
+from creditmeter.pricing import load_rate_card
+from tests import metering
 
 Headers = dict[str, str]
 ORG_SCOPES = ["org:admin", "org:read", "org:ingest"]
 
 GRANT = {"credits": "1000", "source": "adjustment", "reason": "take over"}
-#: Every endpoint of one organization: (method, path, JSON body). {org}, {key} and {txn} are filled
-#: with the target organization, one of its API keys and one of its journal transactions.
+#: Every endpoint of one organization: (method, path, JSON body). {org}, {key}, {txn}, {project} and
+#: {event} are filled with the target organization, one of its API keys, one of its journal
+#: transactions, one of its projects and one of its usage events.
 ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/organizations/{org}", None),
     ("GET", "/v1/organizations/{org}/projects", None),
@@ -42,6 +48,8 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/organizations/{org}/balance", None),
     ("GET", "/v1/organizations/{org}/ledger", None),
     ("POST", "/v1/organizations/{org}/ledger/{txn}/reverse", {"reason": "refund me"}),
+    ("PUT", "/v1/organizations/{org}/projects/{project}/budget", {"monthly_credits": "1"}),
+    ("POST", "/v1/organizations/{org}/usage/{event}/reverse", {"reason": "refund me"}),
 ]
 
 
@@ -52,21 +60,46 @@ class Tenant:
     key: Headers
     spare_key_id: str
     txn: str
+    project: str
+    event: str
+
+
+def ingest_context(caller_organization: str | None) -> IngestContext:
+    return IngestContext(
+        environment="live",
+        caller_organization_id=caller_organization,
+        now=clock.now(),
+        rate_card=load_rate_card(),
+        late_window=timedelta(days=35),
+        future_skew=timedelta(minutes=5),
+        currency="USD",
+    )
+
+
+def usage_event(org: str, project: str) -> EventInput:
+    return EventInput(
+        id="inference-1",
+        organization=org,
+        operation="inference",
+        quantities={"input_tokens": "1000", "output_tokens": "500"},
+        project=project,
+    )
 
 
 @pytest.fixture
 def tenant(
     db: Database, make_org: Callable[..., str], make_key: Callable[..., Headers]
 ) -> Callable[[str], Tenant]:
-    """An organization with a project, a member, API keys, credits and some usage."""
+    """An organization with a project, a member, API keys, credits and some usage (a debit and a
+    usage event: 120 credits in all)."""
     from creditmeter.orgs import service as orgs
     from creditmeter.orgs.service import Environment, Role, Scope
 
     def _make(name: str) -> Tenant:
-        org = make_org(name)
+        org = make_org(name, f"{name.lower()}-ext")
         now = clock.now()
         with db.write() as s:
-            orgs.create_project(s, org, "Research", now)
+            project = orgs.create_project(s, org, "Research", now).id
             orgs.add_member(s, org, f"owner@{name.lower()}.example", Role.OWNER, now)
             key, secret = orgs.create_api_key(
                 s, org, "admin", [Scope.ORG_ADMIN], Environment.LIVE, now
@@ -82,9 +115,19 @@ def tenant(
                 now,
             )
             txn = ledger.debit(
-                s, org, "live", 120_000_000, "inference", "usage", now
+                s, org, "live", 119_995_000, "inference", "usage", now
             ).transaction_id
-        return Tenant(org, key.id, {"Authorization": f"Bearer {secret}"}, spare.id, f"txn_{txn}")
+            [used] = ingest(s, ingest_context(None), [usage_event(org, project)])
+            assert (used.status, used.credits_micros) == ("applied", 5_000)
+        return Tenant(
+            org,
+            key.id,
+            {"Authorization": f"Bearer {secret}"},
+            spare.id,
+            f"txn_{txn}",
+            project,
+            used.id,
+        )
 
     return _make
 
@@ -118,7 +161,13 @@ def call(
     target: Tenant,
     org_id: str | None = None,
 ) -> Any:
-    url = path.format(org=org_id or target.id, key=target.spare_key_id, txn=target.txn)
+    url = path.format(
+        org=org_id or target.id,
+        key=target.spare_key_id,
+        txn=target.txn,
+        project=target.project,
+        event=target.event,
+    )
     extra = {"Idempotency-Key": "isolation-1"} if method == "POST" else {}
     return client.request(method, url, json=body, headers={**headers, **extra})
 
@@ -168,7 +217,13 @@ def test_a_key_of_one_organization_gets_404_for_another_and_changes_nothing(
 
 
 def test_the_matrix_covers_every_endpoint_of_an_organization(client: TestClient) -> None:
-    names = {"{org_id}": "{org}", "{key_id}": "{key}", "{transaction_id}": "{txn}"}
+    names = {
+        "{org_id}": "{org}",
+        "{key_id}": "{key}",
+        "{transaction_id}": "{txn}",
+        "{project_id}": "{project}",
+        "{event_id}": "{event}",
+    }
     published = set()
     for path, operations in client.get("/openapi.json").json()["paths"].items():
         if path.startswith("/v1/organizations/{org_id}"):
@@ -275,6 +330,8 @@ ALLOWED = {  # (method, path) -> the status for org:admin, org:read, org:ingest
     ("GET", "/v1/organizations/{org}/balance"): (200, 200, 200),
     ("GET", "/v1/organizations/{org}/ledger"): (200, 200, 403),
     ("POST", "/v1/organizations/{org}/ledger/{txn}/reverse"): (403, 403, 403),  # operator only
+    ("PUT", "/v1/organizations/{org}/projects/{project}/budget"): (200, 403, 403),
+    ("POST", "/v1/organizations/{org}/usage/{event}/reverse"): (403, 403, 403),  # operator only
 }
 
 
@@ -325,3 +382,164 @@ def test_an_org_read_key_cannot_create_projects_members_or_keys(
         assert response.status_code == 403, path
         assert "org:admin" in response.json()["detail"]  # names the scope that is needed
     assert state_of(db, acme.id) == before
+
+
+# --- the hot path: endpoints that name the organization in the body or reach it through a hold ----
+
+HOT_PATH: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/v1/usage", {"id": "intrusion-1", "operation": "inference",
+                           "quantities": {"input_tokens": "1000"}}),
+    ("POST", "/v1/authorize", {"operation": "training", "credits": "1"}),
+    ("POST", "/v1/holds", {"operation": "training", "credits": "1"}),
+]  # fmt: skip
+
+
+def anonymized_as(response: Any, secret: str, placeholder: str) -> tuple[int, dict[str, Any]]:
+    body = response.json()
+    body["detail"] = body["detail"].replace(secret, placeholder)
+    return response.status_code, body
+
+
+@pytest.mark.parametrize("scope", ["org:ingest", "org:admin"])
+@pytest.mark.parametrize(
+    ("method", "path", "body"), HOT_PATH, ids=lambda v: v if isinstance(v, str) else ""
+)
+@pytest.mark.parametrize("by", ["id", "external id"])
+def test_an_ingest_key_cannot_meter_gate_or_hold_for_another_organization(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    tenant: Callable[[str], Tenant],
+    scope: str,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    by: str,
+) -> None:
+    acme, globex = tenant("Acme"), tenant("Globex")
+    key = make_key(acme.id, scope)
+    target = globex.id if by == "id" else "globex-ext"
+    before = metering.state_of(db, globex.id)
+
+    response = client.request(method, path, json={**body, "organization": target}, headers=key)
+
+    metering.assert_problem(response, 404, "unknown_organization")
+    nowhere = new_id("org")
+    missing = client.request(method, path, json={**body, "organization": nowhere}, headers=key)
+    assert anonymized_as(response, target, "{org}") == anonymized_as(missing, nowhere, "{org}")
+    assert "Globex" not in response.text
+    assert metering.state_of(db, globex.id) == before
+    # its own organization works with the same key
+    own = client.request(method, path, json={**body, "organization": acme.id}, headers=key)
+    assert own.status_code in {200, 201}, own.text
+
+
+def test_a_batch_from_an_ingest_key_rejects_another_organizations_events_only(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    tenant: Callable[[str], Tenant],
+) -> None:
+    acme, globex = tenant("Acme"), tenant("Globex")
+    key = make_key(acme.id, "org:ingest")
+    before = metering.state_of(db, globex.id)
+    events = [
+        metering.event("mine", acme.id),
+        metering.event("theirs", globex.id),
+        metering.event("theirs-too", "globex-ext"),
+        # an id Globex already used: still nothing to see
+        metering.event("inference-1", globex.id, project="Research"),
+    ]
+    results = client.post("/v1/usage/batch", json={"events": events}, headers=key).json()["results"]
+    assert [r["status"] for r in results] == ["applied", "rejected", "rejected", "rejected"]
+    assert {r["error"]["code"] for r in results[1:]} == {"unknown_organization"}
+    assert "credits" not in results[3]
+    assert metering.state_of(db, globex.id) == before
+
+
+HOLD_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/v1/holds/{hold}", None),
+    ("POST", "/v1/holds/{hold}/extend", {"credits": "1", "ttl_seconds": 60}),
+    ("POST", "/v1/holds/{hold}/settle", {"id": "stolen-1", "quantities": {"cpu_seconds": "1"}}),
+    ("DELETE", "/v1/holds/{hold}", None),
+]
+
+
+@pytest.mark.parametrize("scope", ["org:ingest", "org:admin"])
+@pytest.mark.parametrize(
+    ("method", "path", "body"), HOLD_CALLS, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_a_key_cannot_see_or_touch_another_organizations_hold(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    tenant: Callable[[str], Tenant],
+    scope: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    acme, globex = tenant("Acme"), tenant("Globex")
+    hold = client.post(
+        "/v1/holds",
+        json={"organization": globex.id, "operation": "training", "credits": "5"},
+        headers=globex.key,
+    ).json()
+    key = make_key(acme.id, scope)
+    before = metering.state_of(db, globex.id)
+
+    response = client.request(method, path.format(hold=hold["id"]), json=body, headers=key)
+
+    metering.assert_problem(response, 404, "not_found")
+    nowhere = new_id("hold")
+    missing = client.request(method, path.format(hold=nowhere), json=body, headers=key)
+    assert anonymized_as(response, hold["id"], "{hold}") == anonymized_as(
+        missing, nowhere, "{hold}"
+    )
+    assert globex.id not in response.text
+    assert metering.state_of(db, globex.id) == before
+    # Globex's own key still sees it as it was
+    assert client.get(f"/v1/holds/{hold['id']}", headers=globex.key).json() == hold
+
+
+def test_a_usage_event_cannot_settle_another_organizations_hold(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    tenant: Callable[[str], Tenant],
+) -> None:
+    acme, globex = tenant("Acme"), tenant("Globex")
+    hold = client.post(
+        "/v1/holds",
+        json={"organization": globex.id, "operation": "training", "credits": "5"},
+        headers=globex.key,
+    ).json()
+    key = make_key(acme.id, "org:ingest")
+    before = metering.state_of(db, globex.id)
+    response = client.post(
+        "/v1/usage",
+        json=metering.event("run-1", acme.id, "training", hold=hold["id"]),
+        headers=key,
+    )
+    metering.assert_problem(response, 422, "unknown_hold")
+    assert metering.state_of(db, globex.id) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"), HOT_PATH, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_a_read_only_key_cannot_use_the_hot_path(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    tenant: Callable[[str], Tenant],
+    method: str,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    acme = tenant("Acme")
+    reader = make_key(acme.id, "org:read")
+    before = metering.state_of(db, acme.id)
+    response = client.request(method, path, json={**body, "organization": acme.id}, headers=reader)
+    metering.assert_problem(response, 403, "insufficient_scope")
+    assert metering.state_of(db, acme.id) == before

@@ -137,7 +137,7 @@ def record_usage_batch(
     return JSONResponse({"results": apply_batch(db, ctx, body.events)})
 
 
-def apply_batch(db: Any, ctx: IngestContext, raw_events: list[dict[str, Any]]) -> list[Any]:
+def apply_batch(db: Any, ctx: IngestContext, raw_events: list[Any]) -> list[Any]:
     """Validate each raw event on its own, ingest the valid ones in one transaction, and answer one
     result per event in request order."""
     parsed: list[EventInput | None] = []
@@ -249,13 +249,16 @@ def authorize(body: AuthorizeIn, caller: Caller, db: DB, card: Card) -> Any:
 
 
 def _hold_json(hold: Hold) -> dict[str, Any]:
+    status = hold.status
+    if status == "active" and hold.expires_at <= clock.now():
+        status = "expired"  # it no longer reserves anything; the worker will record that too
     return HoldOut(
         id=hold.id,
         organization_id=hold.organization_id,
         project_id=hold.project_id,
         operation=hold.operation,
         credits=format_credits(hold.credits_micros),
-        status=hold.status,
+        status=status,
         expires_at=hold.expires_at,
         created_at=hold.created_at,
     ).model_dump(mode="json")

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import Conflict, NotFound
 from creditmeter.ledger.consumption import Allocation, Charge, refund
-from creditmeter.ledger.models import Balance
+from creditmeter.ledger.models import Balance, JournalTransaction
 from creditmeter.ledger.service import lock_balance
 from creditmeter.metering import gate
 from creditmeter.metering.domain import EventResult
@@ -64,6 +64,16 @@ def reverse(
         raise NotFound(f"usage event {event_id} not found")
     if event.reversal_transaction_id is not None:
         raise Conflict(f"usage event {event_id} was already reversed", code="already_reversed")
+    if event.transaction_id is not None and session.scalar(
+        select(func.count()).where(JournalTransaction.reverses_id == event.transaction_id)
+    ):
+        # The whole journal transaction that debited it (perhaps with the rest of its batch) was
+        # reversed through the ledger: its credits are back already.
+        raise Conflict(
+            f"the journal transaction txn_{event.transaction_id} that debited usage event "
+            f"{event_id} was reversed through the ledger; its credits were already given back",
+            code="already_reversed",
+        )
     if event.credits_micros == 0:
         raise Conflict(
             f"usage event {event_id} cost nothing; there is nothing to re-credit",
