@@ -11,6 +11,7 @@ from sqlalchemy import text
 from creditmeter import __version__
 from creditmeter.api import problems, routes_events, routes_ledger, routes_metering, routes_orgs
 from creditmeter.api.deps import json_body
+from creditmeter.api.limits import BodySizeLimit
 from creditmeter.api.problems import problem
 from creditmeter.config import Settings
 from creditmeter.kit.db import Database
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.db = db or Database(settings.database_url)
     app.state.rate_card = load_rate_card(settings.rate_card_path)
     problems.install(app)
+    app.add_middleware(BodySizeLimit)
     app.include_router(routes_orgs.router, dependencies=[Depends(json_body)])
     app.include_router(routes_ledger.router, dependencies=[Depends(json_body)])
     app.include_router(routes_metering.router, dependencies=[Depends(json_body)])

@@ -641,6 +641,17 @@ def transaction_postings(session: Session, transaction_id: int) -> list[Posting]
     return [Posting(r.account, r.amount_micros, r.lot_id) for r in rows]
 
 
+#: Journal transactions that carry other records (usage events, holds) are corrected through those
+#: records, so the two can never disagree.
+_REVERSED_ELSEWHERE = {
+    "usage": "a usage transaction is corrected per event: POST "
+    "/v1/organizations/{org_id}/usage/{event_id}/reverse",
+    "usage_reversal": "a usage correction cannot be reversed; record the usage again instead",
+    "hold": "a hold is undone by releasing it: DELETE /v1/holds/{hold_id}",
+    "release": "a hold release cannot be reversed; place a new hold instead",
+}
+
+
 def reverse(
     session: Session,
     organization_id: str,
@@ -668,6 +679,8 @@ def reverse(
         raise Conflict(
             "a reversal cannot be reversed; grant or debit again instead", code="not_reversible"
         )
+    if original.kind in _REVERSED_ELSEWHERE:
+        raise Conflict(_REVERSED_ELSEWHERE[original.kind], code="not_reversible")
     balance = lock_balance(session, organization_id, original.environment)
     already = session.scalar(
         select(func.count()).where(JournalTransaction.reverses_id == transaction_id)
