@@ -786,23 +786,24 @@ def test_one_event_is_one_journal_transaction_and_its_duplicate_writes_none(
     assert after == (before or 0) + 1
 
 
-def test_a_usage_event_whose_transaction_was_reversed_through_the_ledger_is_not_reversed_again(
+def test_a_usage_transaction_is_corrected_per_event_never_through_the_ledger(
     client: TestClient, db: Database, operator: Headers, acme: Org
 ) -> None:
+    """Reversing the whole usage transaction through the journal would bypass the event (and could
+    re-credit it twice): it is refused, and the event's own correction still works, once."""
     first = post(client, operator, event("run-1", acme.id, "training"))
     assert first.status_code == 201
     [stored] = stored_events(db, acme.id)
+    before = state_of(db, acme.id)
     ledger_reversal = client.post(
         f"/v1/organizations/{acme.id}/ledger/txn_{stored.transaction_id}/reverse",
         json={"reason": "refund the whole batch"},
         headers=operator,
     )
-    assert ledger_reversal.status_code == 201, ledger_reversal.text
-    assert summary(client, acme.key, acme.id)[0] == "10"
-    before = state_of(db, acme.id)
-
-    assert_problem(reverse(client, operator, acme.id, "run-1"), 409, "already_reversed")
-
+    assert_problem(ledger_reversal, 409, "not_reversible")
     assert state_of(db, acme.id) == before
+
+    assert reverse(client, operator, acme.id, "run-1").status_code == 200
     assert summary(client, acme.key, acme.id)[0] == "10"  # never more than was granted
+    assert_problem(reverse(client, operator, acme.id, "run-1"), 409, "already_reversed")
     assert_clean(db)
