@@ -46,7 +46,7 @@ def postgres_url() -> Iterator[str]:
         reason = f"PostgreSQL unavailable and could not be started: {exc}"
         if IN_CI:
             pytest.fail(reason + " (CI=true requires the PostgreSQL tests to run)")
-        pytest.skip(reason)
+        pytest.skip(reason)  # PostgreSQL is unreachable and cannot be started here
     try:
         with pg.scratch_database(admin) as url:
             upgrade(url)

@@ -634,9 +634,7 @@ def test_a_hold_ended_while_its_settlement_waits_for_the_lock_is_not_released_tw
     lock), with a release or another settlement of the same hold committing in between, as it can
     on PostgreSQL."""
     if db.dialect == "sqlite":
-        pytest.skip(
-            "a PostgreSQL-only race: SQLite writers hold the write lock from their first statement"
-        )
+        pytest.skip("PostgreSQL-only race: SQLite takes its write lock at the first statement")
     placed(client, acme.key, acme.id, credits="4")  # another operation's hold
     hold = placed(client, acme.key, acme.id, credits="3")
     ctx = IngestContext("live", acme.id, T0, load_rate_card(), timedelta(days=35),
