@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from creditmeter.config import Settings
 from creditmeter.errors import CreditmeterError, Forbidden, NotFound, Unauthorized
 from creditmeter.kit import clock
 from creditmeter.kit.db import Database
+from creditmeter.kit.pagination import MAX_LIMIT
 from creditmeter.orgs import service as orgs
 from creditmeter.orgs.service import Principal, Scope
 
@@ -65,6 +66,14 @@ def get_principal(
 
 
 DB = Annotated[Database, Depends(get_db)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(max_length=200)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", description="Retries with the same key return the first result."
+    ),
+]
 Caller = Annotated[Principal, Depends(get_principal)]
 
 READ_SCOPES = frozenset({Scope.ORG_ADMIN, Scope.ORG_READ})

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -18,6 +18,9 @@ from creditmeter.api.deps import (
     DB,
     READ_SCOPES,
     Caller,
+    Cursor,
+    IdempotencyKey,
+    Limit,
     authorize_org,
     environment_for,
     get_settings,
@@ -38,7 +41,6 @@ from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
 from creditmeter.kit.pagination import (
     DEFAULT_LIMIT,
-    MAX_LIMIT,
     decode_cursor,
     encode_cursor,
     invalid_cursor,
@@ -55,14 +57,6 @@ router = APIRouter(prefix="/v1/organizations", tags=["credits"])
 Env = Annotated[
     Literal["live", "test"] | None,
     Query(description="Operator keys only: the environment to act on (default: the key's)."),
-]
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=200)]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key", description="Retries with the same key return the first result."
-    ),
 ]
 
 

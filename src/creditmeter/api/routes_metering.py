@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, ValidationError
 from sqlalchemy.orm import Session
@@ -14,6 +14,7 @@ from creditmeter.api.deps import (
     ADMIN_SCOPES,
     DB,
     Caller,
+    IdempotencyKey,
     authorize_org,
     get_settings,
     require_operator,
@@ -50,12 +51,6 @@ from creditmeter.orgs.service import Principal, Scope
 from creditmeter.pricing.domain import RateCard
 
 router = APIRouter(tags=["metering"])
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key", description="Retries with the same key return the first result."
-    ),
-]
 INGEST_SCOPES = frozenset({Scope.ORG_INGEST, Scope.ORG_ADMIN})
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
@@ -14,6 +14,9 @@ from creditmeter.api.deps import (
     DB,
     READ_SCOPES,
     Caller,
+    Cursor,
+    IdempotencyKey,
+    Limit,
     authorize_org,
     environment_for,
     require_operator,
@@ -32,22 +35,11 @@ from creditmeter.api.schemas import (
     ProjectOut,
 )
 from creditmeter.kit import clock
-from creditmeter.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
+from creditmeter.kit.pagination import DEFAULT_LIMIT, encode_cursor
 from creditmeter.orgs import service as orgs
 from creditmeter.orgs.service import Environment
 
 router = APIRouter(prefix="/v1/organizations", tags=["organizations"])
-
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=200)]
-
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key", description="Retries with the same key return the first result."
-    ),
-]
 
 
 def _dump(model: type[BaseModel], obj: object) -> dict[str, Any]:

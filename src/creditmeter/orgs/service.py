@@ -7,8 +7,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import TypeVar
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -107,17 +108,31 @@ def resolve_organization(session: Session, ref: str) -> Organization:
     return org
 
 
+_Listed = TypeVar("_Listed", Organization, Project, Member, ApiKey)
+
+
+def _page(
+    session: Session,
+    model: type[_Listed],
+    prefix: str,
+    cursor: str | None,
+    limit: int,
+    *filters: ColumnElement[bool],
+) -> tuple[list[_Listed], str | None]:
+    """One page of rows in id order after ``cursor``, and the id to continue after (or None)."""
+    query = select(model).where(*filters).order_by(model.id).limit(limit + 1)
+    after = decode_cursor(cursor, prefix)
+    if after:
+        query = query.where(model.id > after)
+    rows = list(session.scalars(query))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
 def list_organizations(
     session: Session, cursor: str | None, limit: int, only: str | None = None
 ) -> tuple[list[Organization], str | None]:
-    query = select(Organization).order_by(Organization.id).limit(limit + 1)
-    after = decode_cursor(cursor, "org_")
-    if after:
-        query = query.where(Organization.id > after)
-    if only is not None:
-        query = query.where(Organization.id == only)
-    rows = list(session.scalars(query))
-    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+    filters = [] if only is None else [Organization.id == only]
+    return _page(session, Organization, "org_", cursor, limit, *filters)
 
 
 def create_project(session: Session, org_id: str, name: str, now: datetime) -> Project:
@@ -136,17 +151,7 @@ def create_project(session: Session, org_id: str, name: str, now: datetime) -> P
 def list_projects(
     session: Session, org_id: str, cursor: str | None, limit: int
 ) -> tuple[list[Project], str | None]:
-    query = (
-        select(Project)
-        .where(Project.organization_id == org_id)
-        .order_by(Project.id)
-        .limit(limit + 1)
-    )
-    after = decode_cursor(cursor, "proj_")
-    if after:
-        query = query.where(Project.id > after)
-    rows = list(session.scalars(query))
-    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+    return _page(session, Project, "proj_", cursor, limit, Project.organization_id == org_id)
 
 
 def add_member(session: Session, org_id: str, email: str, role: Role, now: datetime) -> Member:
@@ -168,14 +173,7 @@ def add_member(session: Session, org_id: str, email: str, role: Role, now: datet
 def list_members(
     session: Session, org_id: str, cursor: str | None, limit: int
 ) -> tuple[list[Member], str | None]:
-    query = (
-        select(Member).where(Member.organization_id == org_id).order_by(Member.id).limit(limit + 1)
-    )
-    after = decode_cursor(cursor, "mem_")
-    if after:
-        query = query.where(Member.id > after)
-    rows = list(session.scalars(query))
-    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+    return _page(session, Member, "mem_", cursor, limit, Member.organization_id == org_id)
 
 
 def hash_key(secret: str) -> str:
@@ -225,14 +223,7 @@ def create_api_key(
 def list_api_keys(
     session: Session, org_id: str, cursor: str | None, limit: int
 ) -> tuple[list[ApiKey], str | None]:
-    query = (
-        select(ApiKey).where(ApiKey.organization_id == org_id).order_by(ApiKey.id).limit(limit + 1)
-    )
-    after = decode_cursor(cursor, "key_")
-    if after:
-        query = query.where(ApiKey.id > after)
-    rows = list(session.scalars(query))
-    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+    return _page(session, ApiKey, "key_", cursor, limit, ApiKey.organization_id == org_id)
 
 
 def revoke_api_key(session: Session, org_id: str | None, key_id: str, now: datetime) -> ApiKey:
