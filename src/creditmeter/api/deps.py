@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -45,23 +46,34 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_principal(
-    db: Annotated[Database, Depends(get_db)],
-    settings: Annotated[Settings, Depends(get_settings)],
+async def bearer_secret(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
+) -> str:
+    """The bearer secret of the request (401 when there is none); checked by the caller."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized(
             "send your API key as 'Authorization: Bearer cm_live_…'", code="missing_api_key"
         )
+    return credentials.credentials
+
+
+def record_key_use(db: Database, principal: Principal, now: datetime) -> None:
+    """Record the key's last use (called at most once per touch interval per key)."""
+    with db.write() as session:
+        orgs.touch_api_key(session, principal.key_id, now)
+
+
+def get_principal(
+    db: Annotated[Database, Depends(get_db)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    secret: Annotated[str, Depends(bearer_secret)],
+) -> Principal:
     now = clock.now()
-    with db.read() as session:
-        principal, touch = orgs.authenticate(
-            session, credentials.credentials, now, settings.key_touch_interval_seconds
-        )
+    principal, touch = orgs.authenticate(
+        db.engine, secret, now, settings.key_touch_interval_seconds
+    )
     if touch:
-        with db.write() as session:
-            orgs.touch_api_key(session, principal.key_id, now)
+        record_key_use(db, principal, now)
     return principal
 
 
@@ -75,6 +87,8 @@ IdempotencyKey = Annotated[
     ),
 ]
 Caller = Annotated[Principal, Depends(get_principal)]
+BearerSecret = Annotated[str, Depends(bearer_secret)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 READ_SCOPES = frozenset({Scope.ORG_ADMIN, Scope.ORG_READ})
 BALANCE_SCOPES = frozenset({Scope.ORG_ADMIN, Scope.ORG_READ, Scope.ORG_INGEST})

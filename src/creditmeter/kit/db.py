@@ -8,6 +8,8 @@ PostgreSQL serializes writers per organization with row locks taken by the servi
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -174,3 +176,29 @@ def bulk_insert(
         f"VALUES ({', '.join([mark] * len(columns))})"
     )
     conn.exec_driver_sql(sql, rows)
+
+
+_PG_PARAMS = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@functools.lru_cache(maxsize=64)
+def _for_dialect(sql: str, dialect: str) -> str:
+    return sql if dialect == "sqlite" else _PG_PARAMS.sub(r"%(\1)s", sql)
+
+
+def fetch_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """One row of one read-only statement on a pooled driver connection: the hot path's read, with
+    no ORM session and no statement building per call. ``sql`` names its parameters ``:name``
+    (rewritten once to psycopg's ``%(name)s`` on PostgreSQL); values must be in the driver's types
+    (see :func:`driver_timestamp`). One statement reads one consistent snapshot of committed rows."""
+    conn = engine.raw_connection()
+    try:
+        cur = conn.cursor()
+        cur.execute(_for_dialect(sql, engine.dialect.name), params)
+        row = cur.fetchone()
+        cur.close()
+        if engine.dialect.name != "sqlite":
+            conn.rollback()  # end the read transaction psycopg opened
+    finally:
+        conn.close()
+    return None if row is None else tuple(row)
