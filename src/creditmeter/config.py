@@ -31,6 +31,8 @@ class Settings:
     future_skew_seconds: int = 300
     #: The operator's rate card (TOML); None means the default that ships with the package.
     rate_card_path: str | None = None
+    #: The operator's plans, packages and billing time zone (TOML); None means the built-in default.
+    plans_path: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,4 +46,5 @@ class Settings:
             late_window_days=int(os.environ.get("CREDITMETER_LATE_WINDOW_DAYS", "35")),
             future_skew_seconds=int(os.environ.get("CREDITMETER_FUTURE_SKEW_SECONDS", "300")),
             rate_card_path=os.environ.get("CREDITMETER_RATE_CARD") or None,
+            plans_path=os.environ.get("CREDITMETER_PLANS") or None,
         )
