@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from creditmeter.billing.models import PlanAllocation, Subscription
 from creditmeter.kit.db import Base
 from creditmeter.kit.idempotency import IdempotencyRecord
 from creditmeter.ledger.models import Balance, JournalTransaction, Lot, Posting
@@ -19,9 +20,11 @@ __all__ = [
     "Lot",
     "Member",
     "Organization",
+    "PlanAllocation",
     "Posting",
     "Project",
     "ProjectUsage",
+    "Subscription",
     "UsageEvent",
     "metadata",
 ]
