@@ -16,8 +16,9 @@ from pydantic import ValidationError
 
 from creditmeter.api.deps import DB, Caller
 from creditmeter.api.problems import problem_body, validation_errors
-from creditmeter.api.routes_metering import Card, Config, _context, apply_batch, record_usage
+from creditmeter.api.routes_metering import Card, Config, _context, record_usage
 from creditmeter.api.schemas_metering import BatchOut, UsageEventIn, UsageOut
+from creditmeter.api.usage_batch import apply_batch
 from creditmeter.config import Settings
 from creditmeter.errors import CreditmeterError, InvalidRequest
 from creditmeter.kit.db import Database

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, ValidationError
+from pydantic import AwareDatetime
 from sqlalchemy.orm import Session
 
 from creditmeter.api.deps import (
@@ -23,7 +23,6 @@ from creditmeter.api.deps import (
     require_operator,
 )
 from creditmeter.api.idempotent import run_once
-from creditmeter.api.problems import problem_body, validation_errors
 from creditmeter.api.schemas_metering import (
     AuthorizeIn,
     AuthorizeOut,
@@ -42,6 +41,7 @@ from creditmeter.api.schemas_metering import (
     UsageEventIn,
     UsageOut,
 )
+from creditmeter.api.usage_batch import apply_batch, json_response
 from creditmeter.config import Settings
 from creditmeter.errors import Forbidden, InvalidRequest, NotFound
 from creditmeter.kit import clock
@@ -132,47 +132,7 @@ def record_usage_batch(
     """Record up to 10,000 events. Each stands alone: a rejected event (with a problem-style `error`)
     changes nothing and the others apply. Results come back in request order."""
     ctx = _context(caller, card, settings)
-    return JSONResponse({"results": apply_batch(db, ctx, body.events)})
-
-
-def apply_batch(db: Any, ctx: IngestContext, raw_events: list[Any]) -> list[Any]:
-    """Validate each raw event on its own, ingest the valid ones in one transaction, and answer one
-    result per event in request order."""
-    parsed: list[EventInput | None] = []
-    results: list[dict[str, Any] | None] = []
-    for raw in raw_events:
-        try:
-            parsed.append(UsageEventIn.model_validate(raw).to_input())
-            results.append(None)
-        except ValidationError as exc:
-            parsed.append(None)
-            event_id = raw.get("id") if isinstance(raw, dict) else None
-            errors = validation_errors(exc.errors())
-            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-            results.append(
-                {
-                    "id": event_id if isinstance(event_id, str) else None,
-                    "status": "rejected",
-                    "error": problem_body(422, "validation_failed", detail, errors=errors),
-                }
-            )
-    valid = [p for p in parsed if p is not None]
-    with db.write() as session:
-        applied = iter(ingest(session, ctx, valid))
-    out = []
-    for slot in results:
-        if slot is not None:
-            out.append(slot)
-            continue
-        r = next(applied)
-        item: dict[str, Any] = {"id": r.id, "status": r.status}
-        if r.credits_micros is not None:
-            item["credits"] = format_credits(r.credits_micros)
-        if r.error is not None:
-            e = r.error
-            item["error"] = problem_body(e.status_code, e.code, e.detail, errors=e.errors or None)
-        out.append(item)
-    return out
+    return json_response({"results": apply_batch(db, ctx, body.events)})
 
 
 @router.post("/v1/organizations/{org_id}/usage/{event_id}/reverse", response_model=ReverseUsageOut)

@@ -1,37 +1,42 @@
-"""Usage ingest: validate and price each event on its own, then apply each organization's events in one
-locked step (one journal transaction, one insert, one balance update)."""
+"""Usage ingest in three steps, so that an organization's lock is held only for what needs it.
+
+1. :func:`prepare` (pure, no I/O): check each event's time window, price it and fingerprint it. A batch
+   repeats a few shapes, so prices and fingerprints are computed once per distinct shape.
+2. :func:`resolve` (reads, no lock): organizations, projects and members named by the events; the
+   ``usage_events`` row of every event is built here, all but its journal transaction and allocation.
+3. :func:`apply` (under the balances' row locks): duplicate lookup, hold checks, consumption against
+   the lots, one journal transaction per organization through ``ledger.service.post_batch``, one
+   insert of every event, one balance update per organization.
+
+Each rejected event changes nothing and the others apply; results come back in request order. Nothing
+here commits: the caller's unit of work does.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import orjson
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import Conflict, CreditmeterError, InvalidRequest, NotFound
-from creditmeter.kit.db import bulk_insert, driver_timestamp
+from creditmeter.kit.db import bulk_insert
 from creditmeter.ledger import domain as ledger_domain
-from creditmeter.ledger.consumption import Allocation, Charge, plan_consumption, release
-from creditmeter.ledger.service import (
-    LockedBalance,
-    TransactionDraft,
-    load_lots_of,
-    lock_balances,
-    lot_states,
-    post_batch,
-)
-from creditmeter.metering.domain import EventInput, EventResult, check_window
+from creditmeter.ledger.consumption import Charge, plan_consumption, release
+from creditmeter.ledger.service import LockedBalance, load_lots_of, lock_balances, lot_states
+from creditmeter.ledger.service import post_batch as post_journal
+from creditmeter.metering import lookups
+from creditmeter.metering.domain import EventInput, EventResult, check_window, fingerprints
 from creditmeter.metering.gate import lapsed_hold_micros
-from creditmeter.metering.models import Hold, ProjectUsage, UsageEvent
-from creditmeter.orgs.models import Member, Organization, Project
-from creditmeter.pricing.domain import Price, RateCard, price
-
-_CHUNK = 500
+from creditmeter.metering.models import Hold, ProjectUsage
+from creditmeter.metering.rows import EVENT_COLUMNS, RowBuilder, allocation_json, breakdown
+from creditmeter.orgs.models import Member, Project
+from creditmeter.pricing.cache import PriceCache
+from creditmeter.pricing.domain import Price, RateCard
 
 
 @dataclass(frozen=True)
@@ -46,33 +51,153 @@ class IngestContext:
     currency: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _Priced:
     index: int
     event: EventInput
     occurred_at: datetime
     price: Price
     fingerprint: str
+    org_id: str = ""
     project_id: str | None = None
-    member_id: str | None = None
-    _breakdown: list[dict[str, Any]] | None = None
+    #: The event's ``usage_events`` row without its transaction and allocation (built by resolve).
+    row: tuple[Any, ...] | None = None
+    #: Why the event cannot apply (an unknown project or member), found before the lock.
+    error: CreditmeterError | None = None
 
-    @property
-    def breakdown(self) -> list[dict[str, Any]]:
-        if self._breakdown is None:
-            self._breakdown = _breakdown(self.price)
-        return self._breakdown
+
+@dataclass
+class Prepared:
+    """A batch after :func:`prepare` (and :func:`resolve`): the events, the results already known
+    (rejections) and the priced events by organization."""
+
+    events: Sequence[EventInput]
+    results: dict[int, EventResult] = field(default_factory=dict)
+    priced: list[_Priced] = field(default_factory=list)
+    by_org: dict[str, list[_Priced]] = field(default_factory=dict)
+
+
+@dataclass
+class Applied:
+    """What became of every event: ``other`` holds the rejected and duplicate ones, ``accepted`` the
+    applied ones; ``snapshots`` the balance of each organization after the batch (``with_balance``)."""
+
+    events: Sequence[EventInput]
+    other: dict[int, EventResult]
+    accepted: list[_Priced]
+    snapshots: dict[str, dict[str, Any]]
+
+    def results(self) -> list[EventResult]:
+        """One result per event, in request order."""
+        out: list[EventResult | None] = [None] * len(self.events)
+        for index, result in self.other.items():
+            out[index] = result
+        for i in self.accepted:
+            out[i.index] = EventResult(
+                i.event.id,
+                "applied",
+                i.price.total_micros,
+                breakdown(i.price),
+                i.price.version,
+                organization_id=i.org_id,
+                balance=self.snapshots.get(i.org_id),
+            )
+        assert all(r is not None for r in out)
+        return out  # type: ignore[return-value]
+
+    def summary(self) -> list[tuple[str, str, int | None, CreditmeterError | None]]:
+        """``(id, status, credits_micros, error)`` per event, in request order, without building a
+        result object for each applied event (the batch answer needs no more)."""
+        out: list[Any] = [None] * len(self.events)
+        for i in self.accepted:
+            out[i.index] = (i.event.id, "applied", i.price.total_micros, None)
+        for index, r in self.other.items():
+            out[index] = (r.id, r.status, r.credits_micros, r.error)
+        return out
 
 
 def price_event(ctx: IngestContext, event: EventInput) -> tuple[datetime, Price]:
     """Check the time window and price the event with the rate card in force when it happened."""
+    return _price_event(ctx, event, PriceCache())
+
+
+def _price_event(
+    ctx: IngestContext, event: EventInput, cache: PriceCache
+) -> tuple[datetime, Price]:
     # In UTC from here on: the month it counts for (project budgets) is a UTC calendar month.
     occurred_at = (event.occurred_at or ctx.now).astimezone(UTC)
     check_window(occurred_at, ctx.now, ctx.late_window, ctx.future_skew)
     version = ctx.rate_card.version_at(occurred_at)
-    return occurred_at, price(
+    return occurred_at, cache.price(
         version, event.operation, event.quantities, occurred_at, event.cache_hit
     )
+
+
+def prepare(ctx: IngestContext, events: Sequence[EventInput]) -> Prepared:
+    """Window check, price and fingerprint of every event (pure: no database, no lock)."""
+    prepared = Prepared(events)
+    cache = PriceCache()
+    ok: list[tuple[int, datetime, Price]] = []
+    for i, event in enumerate(events):
+        try:
+            occurred_at, p = _price_event(ctx, event, cache)
+        except CreditmeterError as exc:
+            prepared.results[i] = EventResult.rejected(event.id, exc)
+            continue
+        ok.append((i, occurred_at, p))
+    digests = fingerprints([events[i] for i, _, _ in ok])
+    prepared.priced = [
+        _Priced(i, events[i], at, p, digest) for (i, at, p), digest in zip(ok, digests, strict=True)
+    ]
+    return prepared
+
+
+def resolve(session: Session, ctx: IngestContext, prepared: Prepared) -> None:
+    """Find the organizations, projects and members the events name (before any lock) and build
+    each event's row. Unknown organizations are rejected here; an unknown project or member is kept
+    on the event and reported after the duplicate check, as before."""
+    orgs = lookups.organizations(session, {p.event.organization for p in prepared.priced})
+    by_org: dict[str, list[_Priced]] = defaultdict(list)
+    for item in prepared.priced:
+        org = orgs.get(item.event.organization)
+        if org is None or (
+            ctx.caller_organization_id is not None and org != ctx.caller_organization_id
+        ):
+            prepared.results[item.index] = EventResult.rejected(
+                item.event.id,
+                NotFound(
+                    f"organization {item.event.organization} not found", code="unknown_organization"
+                ),
+            )
+            continue
+        item.org_id = org
+        by_org[org].append(item)
+    prepared.by_org = dict(by_org)
+    items = [i for org in sorted(by_org) for i in by_org[org]]
+    org_ids = sorted(by_org)
+    project_refs = {i.event.project for i in items if i.event.project}
+    # a member is named by id (as sent) or by email (stored lower-case)
+    member_refs = {
+        r for i in items if i.event.member for r in (i.event.member, i.event.member.lower())
+    }
+    projects = lookups.named(session, Project, Project.name, org_ids, project_refs)
+    members = lookups.named(session, Member, Member.email, org_ids, member_refs)
+    rows = RowBuilder(session.get_bind().dialect.name, ctx.environment, ctx.now)
+    for item in items:
+        ev, org = item.event, item.org_id
+        try:
+            project_id = _resolve(projects, org, ev.project, "project")
+            member = ev.member
+            if member is not None and (org, member) not in members:
+                member = member.lower()
+            member_id = _resolve(members, org, member, "member")
+        except CreditmeterError as exc:
+            item.error = exc
+            continue
+        item.project_id = project_id
+        item.row = rows.row(
+            org, ev, project_id, member_id, item.occurred_at, item.price, item.fingerprint
+        )
 
 
 def ingest(
@@ -84,107 +209,46 @@ def ingest(
 ) -> list[EventResult]:
     """Apply every event that can be applied; each rejected event changes nothing. Results come back
     in request order. Never commits: the caller's unit of work does."""
-    results: list[EventResult | None] = [None] * len(events)
-    priced: list[_Priced] = []
-    for i, event in enumerate(events):
-        try:
-            occurred_at, p = price_event(ctx, event)
-        except CreditmeterError as exc:
-            results[i] = EventResult.rejected(event.id, exc)
-            continue
-        priced.append(_Priced(i, event, occurred_at, p, event.fingerprint()))
-    by_org: dict[str, list[_Priced]] = defaultdict(list)
-    orgs = _resolve_organizations(session, {p.event.organization for p in priced})
-    for item in priced:
-        org = orgs.get(item.event.organization)
-        if org is None or (
-            ctx.caller_organization_id is not None and org != ctx.caller_organization_id
-        ):
-            results[item.index] = EventResult.rejected(
-                item.event.id,
-                NotFound(
-                    f"organization {item.event.organization} not found", code="unknown_organization"
-                ),
-            )
-            continue
-        by_org[org].append(item)
-    for index, result in _apply(session, ctx, by_org, with_balance):
-        results[index] = result
-    return [r for r in results if r is not None]
+    prepared = prepare(ctx, events)
+    resolve(session, ctx, prepared)
+    return apply(session, ctx, prepared, with_balance=with_balance).results()
 
 
-def _resolve_organizations(session: Session, refs: set[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    refs_list = sorted(r for r in refs if "\x00" not in r)
-    for start in range(0, len(refs_list), _CHUNK):
-        chunk = refs_list[start : start + _CHUNK]
-        for org_id, external_id in session.execute(
-            select(Organization.id, Organization.external_id).where(
-                or_(Organization.id.in_(chunk), Organization.external_id.in_(chunk))
-            )
-        ):
-            if external_id in refs:
-                found.setdefault(external_id, org_id)
-            found[org_id] = org_id
-    return found
-
-
-@dataclass
+@dataclass(slots=True)
 class _OrgWork:
     balance: LockedBalance
     accepted: list[_Priced]
-    draft: TransactionDraft | None = None
-    allocations: list[Allocation] | None = None
+    allocations: list[Any]
+    draft: Any
 
 
-def _apply(
-    session: Session, ctx: IngestContext, by_org: dict[str, list[_Priced]], with_balance: bool
-) -> list[tuple[int, EventResult]]:
-    """Apply the priced events of every organization with one statement per table: lock all the
-    balances (in id order), look up duplicates, projects, members and holds once, plan each
-    organization's consumption in memory, then post every journal transaction and insert every
-    event together."""
-    env, now = ctx.environment, ctx.now
+def apply(
+    session: Session, ctx: IngestContext, prepared: Prepared, *, with_balance: bool = False
+) -> Applied:
+    """Apply the resolved events of every organization with one statement per table: lock all the
+    balances (in id order), look up duplicates and holds once, plan each organization's consumption
+    in memory, then post every journal transaction and insert every event together."""
+    env, now, by_org = ctx.environment, ctx.now, prepared.by_org
+    other = dict(prepared.results)
     org_ids = sorted(by_org)
     if not org_ids:
-        return []
+        return Applied(prepared.events, other, [], {})
     balances = lock_balances(session, org_ids, env)
     load_lots_of(session, list(balances.values()))
-    items = [item for org in org_ids for item in by_org[org]]
-    existing = _existing_events(
-        session, env, [(org, i.event.id) for org in org_ids for i in by_org[org]]
-    )
-    projects = _lookup(
-        session, Project, Project.name, org_ids, {i.event.project for i in items if i.event.project}
-    )
-    members = _lookup(
-        session,
-        Member,
-        Member.email,
-        org_ids,
-        # a member is named by id (as sent) or by email (stored lower-case)
-        {ref for i in items if i.event.member for ref in (i.event.member, i.event.member.lower())},
-    )
-    holds = _holds(session, org_ids, env, {i.event.hold for i in items if i.event.hold})
-    out: list[tuple[int, EventResult]] = []
+    items = [i for org in org_ids for i in by_org[org]]
+    existing = lookups.existing_events(session, env, [(i.org_id, i.event.id) for i in items])
+    holds = lookups.holds(session, org_ids, env, {i.event.hold for i in items if i.event.hold})
     work: dict[str, _OrgWork] = {}
     for org_id in org_ids:
         balance = balances.get(org_id)
         if balance is None:
-            out += [
-                (
-                    i.index,
-                    EventResult.rejected(
-                        i.event.id,
-                        NotFound(f"organization {org_id} not found", code="unknown_organization"),
-                    ),
+            for i in by_org[org_id]:
+                other[i.index] = EventResult.rejected(
+                    i.event.id,
+                    NotFound(f"organization {org_id} not found", code="unknown_organization"),
                 )
-                for i in by_org[org_id]
-            ]
             continue
-        accepted, settling = _screen(
-            org_id, by_org[org_id], existing, projects, members, holds, out
-        )
+        accepted, settling = _screen(org_id, by_org[org_id], existing, holds, other)
         if not accepted:
             continue
         _settle_holds(session, balance, holds, settling, now)
@@ -192,46 +256,34 @@ def _apply(
         draft, allocations = plan_consumption(
             session, balance, charges, f"usage: {len(accepted)} event(s)", now
         )
-        work[org_id] = _OrgWork(balance, accepted, draft, allocations)
-    posted = post_batch(
+        work[org_id] = _OrgWork(balance, accepted, allocations, draft)
+    posted = post_journal(
         session, [(w.balance, [w.draft] if w.draft else []) for w in work.values()], now
     )
     rows = []
-    for (org_id, w), txn_ids in zip(work.items(), posted, strict=True):
-        assert w.allocations is not None
-        rows += _event_rows(
-            session, ctx, org_id, w.accepted, txn_ids[0] if txn_ids else None, w.allocations
-        )
-    bulk_insert(session, "usage_events", _EVENT_COLUMNS, rows)
-    _add_project_usage(session, env, [i for w in work.values() for i in w.accepted])
-    for org_id, w in work.items():
-        snapshot = available_snapshot(session, w.balance, now) if with_balance else None
-        out += [
-            (
-                i.index,
-                EventResult(
-                    i.event.id,
-                    "applied",
-                    i.price.total_micros,
-                    i.breakdown,
-                    i.price.version,
-                    organization_id=org_id,
-                    balance=snapshot,
-                ),
-            )
-            for i in w.accepted
-        ]
-    return out
+    alloc_json: dict[Any, str] = {}
+    for w, txn_ids in zip(work.values(), posted, strict=True):
+        txn = txn_ids[0] if txn_ids else None
+        for i, a in zip(w.accepted, w.allocations, strict=True):
+            assert i.row is not None
+            rows.append((*i.row, txn, allocation_json(a, alloc_json)))
+    bulk_insert(session, "usage_events", EVENT_COLUMNS, rows)
+    accepted_all = [i for w in work.values() for i in w.accepted]
+    _add_project_usage(session, env, accepted_all)
+    snapshots = (
+        {org: available_snapshot(session, w.balance, now) for org, w in work.items()}
+        if with_balance
+        else {}
+    )
+    return Applied(prepared.events, other, accepted_all, snapshots)
 
 
 def _screen(
     org_id: str,
     items: list[_Priced],
-    existing: dict[tuple[str, str], dict[str, Any]],
-    projects: dict[tuple[str, str], str],
-    members: dict[tuple[str, str], str],
+    existing: dict[tuple[str, str], tuple[Any, ...]],
     holds: dict[str, Hold],
-    out: list[tuple[int, EventResult]],
+    out: dict[int, EventResult],
 ) -> tuple[list[_Priced], dict[str, str]]:
     """Sort one organization's events into duplicates and rejections (added to ``out``) and the
     accepted ones, in request order; returns those and the holds they settle."""
@@ -240,20 +292,17 @@ def _screen(
     settling: dict[str, str] = {}
     for item in items:
         ev = item.event
-        prior = existing.get((org_id, ev.id))
+        prior = existing.get((org_id, ev.id)) if existing else None
         if prior is not None or ev.id in seen:
-            out.append((item.index, _duplicate(ev, item, prior, seen.get(ev.id))))
+            out[item.index] = _duplicate(ev, item, prior, seen.get(ev.id))
             continue
         try:
-            item.project_id = _resolve(projects, org_id, ev.project, "project")
-            member = ev.member
-            if member is not None and (org_id, member) not in members:
-                member = member.lower()
-            item.member_id = _resolve(members, org_id, member, "member")
+            if item.error is not None:
+                raise item.error
             if ev.hold is not None:
                 _check_hold(holds, org_id, ev, settling)
         except CreditmeterError as exc:
-            out.append((item.index, EventResult.rejected(ev.id, exc)))
+            out[item.index] = EventResult.rejected(ev.id, exc)
             continue
         seen[ev.id] = item
         accepted.append(item)
@@ -261,9 +310,9 @@ def _screen(
 
 
 def _duplicate(
-    ev: EventInput, item: _Priced, prior: dict[str, Any] | None, earlier: _Priced | None
+    ev: EventInput, item: _Priced, prior: tuple[Any, ...] | None, earlier: _Priced | None
 ) -> EventResult:
-    stored_hash = prior["request_hash"] if prior else earlier.fingerprint if earlier else ""
+    stored_hash = prior[2] if prior else earlier.fingerprint if earlier else ""
     if stored_hash != item.fingerprint:
         return EventResult.rejected(
             ev.id,
@@ -274,101 +323,15 @@ def _duplicate(
             ),
         )
     if prior is not None:
-        return EventResult(
-            ev.id,
-            "duplicate",
-            prior["credits_micros"],
-            prior["breakdown"],
-            prior["rate_card_version"],
-        )
+        return EventResult(ev.id, "duplicate", prior[3], prior[4], prior[5])
     assert earlier is not None
     return EventResult(
-        ev.id, "duplicate", earlier.price.total_micros, earlier.breakdown, earlier.price.version
+        ev.id,
+        "duplicate",
+        earlier.price.total_micros,
+        breakdown(earlier.price),
+        earlier.price.version,
     )
-
-
-def _breakdown(p: Price) -> list[dict[str, Any]]:
-    breakdown: list[dict[str, Any]] = p.to_json()["breakdown"]
-    return breakdown
-
-
-_EXISTING_COLUMNS = (
-    "organization_id, event_id, request_hash, credits_micros, breakdown, rate_card_version"
-)
-_EXISTING_PG = text(
-    f"SELECT e.{_EXISTING_COLUMNS.replace(', ', ', e.')} FROM usage_events e "  # noqa: S608
-    "JOIN unnest(CAST(:orgs AS text[]), CAST(:ids AS text[])) AS k(org, id) "
-    "ON e.organization_id = k.org AND e.environment = :env AND e.event_id = k.id"
-)
-
-
-def _existing_events(
-    session: Session, env: str, keys: list[tuple[str, str]]
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """Events already recorded under these (organization, event id) pairs. Every key is one probe of
-    the unique (organization, environment, event id) index, so the cost follows the batch, never the
-    size of the table: a join with ``unnest`` on PostgreSQL, one ``event_id IN`` per organization on
-    SQLite (both plan an index search; a row-value IN over several organizations would scan)."""
-    unique = sorted(set(keys))
-    rows: list[Any] = []
-    if session.get_bind().dialect.name == "postgresql":
-        for start in range(0, len(unique), 5_000):
-            chunk = unique[start : start + 5_000]
-            rows += session.execute(
-                _EXISTING_PG,
-                {"orgs": [k[0] for k in chunk], "ids": [k[1] for k in chunk], "env": env},
-            ).all()
-    else:
-        by_org: dict[str, list[str]] = defaultdict(list)
-        for org, event_id in unique:
-            by_org[org].append(event_id)
-        for org, ids in by_org.items():
-            for start in range(0, len(ids), _CHUNK):
-                rows += session.execute(
-                    select(
-                        UsageEvent.organization_id,
-                        UsageEvent.event_id,
-                        UsageEvent.request_hash,
-                        UsageEvent.credits_micros,
-                        UsageEvent.breakdown,
-                        UsageEvent.rate_card_version,
-                    ).where(
-                        UsageEvent.organization_id == org,
-                        UsageEvent.environment == env,
-                        UsageEvent.event_id.in_(ids[start : start + _CHUNK]),
-                    )
-                ).all()
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
-        data = dict(row._mapping)
-        if isinstance(data["breakdown"], str):  # raw SQL returns the JSON text on some drivers
-            data["breakdown"] = orjson.loads(data["breakdown"])
-        found[(data["organization_id"], data["event_id"])] = data
-    return found
-
-
-def _lookup(
-    session: Session,
-    model: type[Project] | type[Member],
-    name_column: Any,
-    org_ids: list[str],
-    refs: set[str],
-) -> dict[tuple[str, str], str]:
-    """Projects (by id or name) or members (by id or email) of these organizations, keyed by
-    (organization, reference)."""
-    refs_list = sorted(r for r in refs if "\x00" not in r)
-    found: dict[tuple[str, str], str] = {}
-    for start in range(0, len(refs_list), _CHUNK):
-        chunk = refs_list[start : start + _CHUNK]
-        for row_id, name, org in session.execute(
-            select(model.id, name_column, model.organization_id).where(
-                model.organization_id.in_(org_ids),
-                or_(model.id.in_(chunk), name_column.in_(chunk)),
-            )
-        ):
-            found[(org, row_id)] = row_id
-            found[(org, name)] = row_id
-    return found
 
 
 def _resolve(
@@ -385,26 +348,6 @@ def _resolve(
             errors=[{"field": what, "message": f"unknown {what}", "type": f"unknown_{what}"}],
         )
     return resolved
-
-
-def _holds(session: Session, org_ids: list[str], env: str, ids: set[str]) -> dict[str, Hold]:
-    """The holds these events settle, read under the organizations' locks. ``populate_existing``:
-    a hold this session loaded before taking the lock (the settle route does) may have been
-    released or settled since; its state as of now is what counts, or it would be released twice."""
-    if not ids:
-        return {}
-    return {
-        h.id: h
-        for h in session.scalars(
-            select(Hold)
-            .where(
-                Hold.id.in_(sorted(ids)),
-                Hold.organization_id.in_(org_ids),
-                Hold.environment == env,
-            )
-            .execution_options(populate_existing=True)
-        )
-    }
 
 
 def _check_hold(
@@ -446,69 +389,6 @@ def _settle_holds(
             .where(Hold.id == hold_id)
             .values(status="settled", settled_event_id=event_id, updated_at=now)
         )
-
-
-_EVENT_COLUMNS = (
-    "organization_id",
-    "environment",
-    "event_id",
-    "project_id",
-    "member_id",
-    "operation",
-    "quantities",
-    "cache_hit",
-    "occurred_at",
-    "received_at",
-    "credits_micros",
-    "breakdown",
-    "rate_card_version",
-    "request_hash",
-    "transaction_id",
-    "allocation",
-    "hold_id",
-    "metadata",
-)
-
-
-def _json(value: object) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def _event_rows(
-    session: Session,
-    ctx: IngestContext,
-    org_id: str,
-    items: list[_Priced],
-    txn_id: int | None,
-    allocations: list[Allocation],
-) -> list[tuple[Any, ...]]:
-    """Driver-ready rows of ``usage_events`` for one organization's accepted events."""
-    dialect = session.get_bind().dialect.name
-    received = driver_timestamp(dialect, ctx.now)
-    env = ctx.environment
-    return [
-        (
-            org_id,
-            env,
-            i.event.id,
-            i.project_id,
-            i.member_id,
-            i.event.operation,
-            _json({k: str(v) for k, v in i.event.quantities.items()}),
-            i.event.cache_hit,
-            driver_timestamp(dialect, i.occurred_at),
-            received,
-            i.price.total_micros,
-            _json(i.breakdown),
-            i.price.version,
-            i.fingerprint,
-            txn_id,
-            _json(a.to_json()),
-            i.event.hold,
-            _json(i.event.metadata),
-        )
-        for i, a in zip(items, allocations, strict=True)
-    ]
 
 
 def month_of(moment: datetime) -> date:

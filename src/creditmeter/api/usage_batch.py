@@ -1,0 +1,69 @@
+"""The batch answer of ``POST /v1/usage/batch`` (and of a CloudEvents batch): validate every event on its
+own, price and fingerprint the valid ones before the transaction, apply them in one, and answer one
+result per event in request order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from creditmeter.api.problems import problem_body, validation_errors
+from creditmeter.api.schemas_metering import parse_events
+from creditmeter.kit.credits import format_credits
+from creditmeter.kit.db import Database
+from creditmeter.metering.domain import EventInput
+from creditmeter.metering.ingest import IngestContext, apply, prepare, resolve
+
+
+def apply_batch(db: Database, ctx: IngestContext, raw_events: list[Any]) -> list[Any]:
+    """Validate each raw event on its own, ingest the valid ones in one transaction, and answer one
+    result per event in request order."""
+    parsed = parse_events(raw_events)
+    valid: list[EventInput] = [p for p in parsed if not isinstance(p, ValidationError)]
+    prepared = prepare(ctx, valid)  # pure: outside the transaction and every lock
+    with db.write() as session:
+        resolve(session, ctx, prepared)
+        applied = apply(session, ctx, prepared)
+    summary = iter(applied.summary())
+    credits: dict[int, str] = {}
+    out: list[Any] = []
+    for raw, p in zip(raw_events, parsed, strict=True):
+        if isinstance(p, ValidationError):
+            out.append(_invalid(raw, p))
+            continue
+        event_id, status, micros, error = next(summary)
+        item: dict[str, Any] = {"id": event_id, "status": status}
+        if micros is not None:
+            text = credits.get(micros)
+            if text is None:
+                text = credits[micros] = format_credits(micros)
+            item["credits"] = text
+        if error is not None:
+            e = error
+            item["error"] = problem_body(e.status_code, e.code, e.detail, errors=e.errors or None)
+        out.append(item)
+    return out
+
+
+def _invalid(raw: Any, exc: ValidationError) -> dict[str, Any]:
+    event_id = raw.get("id") if isinstance(raw, dict) else None
+    errors = validation_errors(exc.errors())
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return {
+        "id": event_id if isinstance(event_id, str) else None,
+        "status": "rejected",
+        "error": problem_body(422, "validation_failed", detail, errors=errors),
+    }
+
+
+def json_response(content: Any) -> Response:
+    """``JSONResponse(content)`` encoded by orjson (the same JSON; a batch answer is large). Content
+    orjson cannot encode goes through ``JSONResponse`` and fails or succeeds as it always did."""
+    try:
+        body = orjson.dumps(content)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return JSONResponse(content)
+    return Response(body, media_type="application/json")
