@@ -50,6 +50,9 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/organizations/{org}/ledger/{txn}/reverse", {"reason": "refund me"}),
     ("PUT", "/v1/organizations/{org}/projects/{project}/budget", {"monthly_credits": "1"}),
     ("POST", "/v1/organizations/{org}/usage/{event}/reverse", {"reason": "refund me"}),
+    ("GET", "/v1/organizations/{org}/subscription", None),
+    ("PUT", "/v1/organizations/{org}/subscription", {"plan": "standard"}),
+    ("DELETE", "/v1/organizations/{org}/subscription", None),
 ]
 
 
@@ -332,6 +335,9 @@ ALLOWED = {  # (method, path) -> the status for org:admin, org:read, org:ingest
     ("POST", "/v1/organizations/{org}/ledger/{txn}/reverse"): (403, 403, 403),  # operator only
     ("PUT", "/v1/organizations/{org}/projects/{project}/budget"): (200, 403, 403),
     ("POST", "/v1/organizations/{org}/usage/{event}/reverse"): (403, 403, 403),  # operator only
+    ("GET", "/v1/organizations/{org}/subscription"): (404, 404, 403),  # the tenant has none yet
+    ("PUT", "/v1/organizations/{org}/subscription"): (200, 403, 403),
+    ("DELETE", "/v1/organizations/{org}/subscription"): (404, 403, 403),  # nothing to cancel
 }
 
 

@@ -9,7 +9,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from creditmeter import __version__
-from creditmeter.api import problems, routes_events, routes_ledger, routes_metering, routes_orgs
+from creditmeter.api import (
+    problems,
+    routes_billing,
+    routes_events,
+    routes_ledger,
+    routes_metering,
+    routes_orgs,
+)
 from creditmeter.api.deps import json_body
 from creditmeter.api.limits import BodySizeLimit
 from creditmeter.api.problems import problem
@@ -45,6 +52,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(routes_ledger.router, dependencies=[Depends(json_body)])
     app.include_router(routes_metering.router, dependencies=[Depends(json_body)])
     app.include_router(routes_events.router)
+    app.include_router(routes_billing.router, dependencies=[Depends(json_body)])
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
