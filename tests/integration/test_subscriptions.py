@@ -25,6 +25,7 @@ from creditmeter.ledger.models import Lot
 from creditmeter.ledger.verify import verify
 from creditmeter.models import metadata
 from tests.conftest import utc
+from tests.integration.test_concurrency import in_parallel
 
 C = MICROS_PER_CREDIT
 CATALOG = load_catalog()
@@ -267,3 +268,17 @@ def test_the_migration_matches_the_billing_models(db: Database) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     billing = [d for d in diff if "subscriptions" in repr(d) or "plan_allocations" in repr(d)]
     assert billing == []
+
+
+def test_concurrent_plan_changes_of_one_organization_serialize(
+    db: Database, make_org: Callable[..., str]
+) -> None:
+    org = make_org()
+    # Four first subscriptions at once: one allocates, the others find it and change nothing.
+    in_parallel([lambda: put(db, org, "standard", JAN_16) for _ in range(4)])
+    assert fees(db, org) == [("initial", "standard", 516_129_032, 2529)]
+    # Four identical upgrades at once: exactly one prorated difference.
+    in_parallel([lambda: put(db, org, "professional", utc(2026, 1, 20)) for _ in range(4)])
+    assert [f[0] for f in fees(db, org)] == ["initial", "upgrade"]
+    assert len(lots(db, org)) == 2
+    assert_clean(db)
