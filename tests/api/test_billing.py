@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from creditmeter.api.app import create_app
-from creditmeter.billing.plans import clear_catalog_cache
+from creditmeter.billing.plans import PlansError, clear_catalog_cache
 from creditmeter.config import Settings
 from creditmeter.kit import clock
 from creditmeter.kit.db import Database
@@ -280,16 +280,20 @@ def test_a_plan_change_after_an_unclosed_boundary_is_a_409(
         assert everything(db) == before
 
 
-def test_an_invalid_plans_file_is_a_configuration_problem(
+def test_an_invalid_plans_file_stops_the_server_at_start(
     db: Database, tmp_path: Path, operator: Headers
 ) -> None:
     bad = tmp_path / "plans.toml"
     bad.write_text('[plans.standard]\nname = "Standard"\n')
     clear_catalog_cache()
     app = create_app(Settings(database_url=db.url, plans_path=str(bad)), db=db)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        response = client.get("/v1/plans", headers=operator)
-    clear_catalog_cache()
+    try:
+        with pytest.raises(PlansError, match=r"plans\.standard\.monthly_fee"), TestClient(app):
+            pass  # the lifespan (server start) reads the plans file first
+        # Without a start (no lifespan run), the first billing request reports it as a problem.
+        response = TestClient(app, raise_server_exceptions=False).get("/v1/plans", headers=operator)
+    finally:
+        clear_catalog_cache()
     assert response.status_code == 500
     body = response.json()
     assert body["code"] == "invalid_plans"

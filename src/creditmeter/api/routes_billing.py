@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, FastAPI, Query
 from sqlalchemy.orm import Session
 
 from creditmeter.api.deps import (
@@ -33,7 +35,16 @@ from creditmeter.config import Settings
 from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
 
-router = APIRouter(tags=["billing"])
+
+@asynccontextmanager
+async def _load_plans(app: FastAPI) -> AsyncIterator[None]:
+    """Read the plans file when the server starts, so a bad file stops it with the file's problems
+    instead of failing the first billing request."""
+    load_catalog(app.state.settings.plans_path)
+    yield
+
+
+router = APIRouter(tags=["billing"], lifespan=_load_plans)
 
 Env = Annotated[
     Literal["live", "test"] | None,
