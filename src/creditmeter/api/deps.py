@@ -19,7 +19,7 @@ from creditmeter.orgs.service import Principal, Scope
 bearer = HTTPBearer(auto_error=False, description="An API key: `cm_live_…` or `cm_test_…`.")
 
 
-def json_body(request: Request) -> None:
+async def json_body(request: Request) -> None:
     """Refuse a request body that is not JSON with 415 (instead of guessing at it)."""
     if request.method not in {"POST", "PUT", "PATCH"}:
         return
@@ -36,12 +36,14 @@ def json_body(request: Request) -> None:
         )
 
 
-def get_db(request: Request) -> Database:
+# Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in its
+# thread pool, one hop per dependency per request.
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Engine, Integer, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 from sqlalchemy.types import TypeDecorator
@@ -164,15 +165,29 @@ def driver_timestamp(dialect: str, value: datetime | None) -> object:
 def bulk_insert(
     session: Session, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> None:
-    """Insert many rows with one driver-level ``executemany`` (the hot path: no per-row ORM or
-    SQLAlchemy bind processing). Values must already be in the driver's types (see
-    :func:`driver_timestamp`; JSON as text)."""
+    """Insert many rows in the session's transaction with no per-row ORM or SQLAlchemy bind work: one
+    ``COPY … FROM STDIN`` on PostgreSQL (one statement, not one per row), one driver-level
+    ``executemany`` elsewhere. Values must already be in the driver's types (see
+    :func:`driver_timestamp`; JSON as text). A failure raises SQLAlchemy's exception for it (an
+    ``IntegrityError`` for a constraint), as a statement would."""
     if not rows:
         return
     conn = session.connection()
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        sql = f"COPY {table} ({names}) FROM STDIN"
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        try:
+            with raw.cursor() as cur, cur.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error) from exc
+        return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - names are ours, never input
+        f"INSERT INTO {table} ({names}) "  # noqa: S608 - names are ours, never input
         f"VALUES ({', '.join([mark] * len(columns))})"
     )
     conn.exec_driver_sql(sql, rows)
