@@ -101,7 +101,7 @@ def test_the_one_statement_read_equals_the_ledger(
     live = _key(db, org, [Scope.ORG_INGEST], "live")
     test = _key(db, None, [Scope.OPERATOR], "test")
     for secret, env in ((live, "live"), (test, "test")):
-        snap = gate.snapshot(db.engine, secret, org, NOW, 60)
+        snap = gate.snapshot(db.hot_engine, secret, org, NOW, 60)
         with db.read() as s:
             expected = gate.available_micros(s, org, env, NOW)
             independent = _independent_available(s, org, env, NOW)
@@ -138,31 +138,50 @@ def test_keys_and_organizations_resolve_like_the_session_path(db: Database) -> N
         # An organization whose external id is Acme's id: the id wins, as in resolve_organization.
         other = orgs.create_organization(s, "Other", acme, NOW).id
     key = _key(db, acme, [Scope.ORG_INGEST], "live")
-    assert gate.snapshot(db.engine, key, acme, NOW, 60).organization_id == acme
-    assert gate.snapshot(db.engine, key, "acme-ext", NOW, 60).organization_id == acme
-    assert gate.snapshot(db.engine, key, other, NOW, 60).organization_id == other
+    assert gate.snapshot(db.hot_engine, key, acme, NOW, 60).organization_id == acme
+    assert gate.snapshot(db.hot_engine, key, "acme-ext", NOW, 60).organization_id == acme
+    assert gate.snapshot(db.hot_engine, key, other, NOW, 60).organization_id == other
     for ref in ("org_nope", "", "acme-ext\x00", "' OR 1=1 --"):
-        snap = gate.snapshot(db.engine, key, ref, NOW, 60)
+        snap = gate.snapshot(db.hot_engine, key, ref, NOW, 60)
         assert (snap.organization_id, snap.status) == (None, None)
     with pytest.raises(Unauthorized):
-        gate.snapshot(db.engine, "cm_live_unknown", acme, NOW, 60)
-    principal = gate.snapshot(db.engine, key, acme, NOW, 60).principal
+        gate.snapshot(db.hot_engine, "cm_live_unknown", acme, NOW, 60)
+    principal = gate.snapshot(db.hot_engine, key, acme, NOW, 60).principal
     assert principal.organization_id == acme
     assert principal.scopes == frozenset({"org:ingest"})
     assert principal.environment == "live"
-    assert orgs.authenticate(db.engine, key, NOW, 60)[0] == principal
+    assert orgs.authenticate(db.hot_engine, key, NOW, 60)[0] == principal
 
 
 def test_the_key_use_is_due_once_per_touch_interval(db: Database) -> None:
     with db.write() as s:
         acme = orgs.create_organization(s, "Acme", None, NOW).id
         key_row, key = orgs.create_api_key(s, acme, "k", [Scope.ORG_INGEST], Environment.LIVE, NOW)
-    assert gate.snapshot(db.engine, key, acme, NOW, 60).touch_due is True
+    assert gate.snapshot(db.hot_engine, key, acme, NOW, 60).touch_due is True
     with db.write() as s:
         orgs.touch_api_key(s, key_row.id, NOW)
-    assert gate.snapshot(db.engine, key, acme, NOW + timedelta(seconds=59), 60).touch_due is False
-    assert gate.snapshot(db.engine, key, acme, NOW + timedelta(seconds=60), 60).touch_due is True
+    assert (
+        gate.snapshot(db.hot_engine, key, acme, NOW + timedelta(seconds=59), 60).touch_due is False
+    )
+    assert (
+        gate.snapshot(db.hot_engine, key, acme, NOW + timedelta(seconds=60), 60).touch_due is True
+    )
     with db.write() as s:
         orgs.revoke_api_key(s, acme, key_row.id, NOW)
     with pytest.raises(Unauthorized):
-        gate.snapshot(db.engine, key, acme, NOW, 60)
+        gate.snapshot(db.hot_engine, key, acme, NOW, 60)
+
+
+def test_a_hot_read_survives_the_server_closing_its_connection(db: Database) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only: the server closing a pooled connection")
+    with db.write() as s:
+        acme = orgs.create_organization(s, "Acme", None, NOW).id
+    key = _key(db, acme, [Scope.ORG_INGEST], "live")
+    assert gate.snapshot(db.hot_engine, key, acme, NOW, 60).organization_id == acme
+    with db.engine.connect() as conn:  # end every other session of this database
+        conn.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert gate.snapshot(db.hot_engine, key, acme, NOW, 60).organization_id == acme

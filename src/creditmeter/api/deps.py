@@ -72,7 +72,7 @@ def get_principal(
 ) -> Principal:
     now = clock.now()
     principal, touch = orgs.authenticate(
-        db.engine, secret, now, settings.key_touch_interval_seconds
+        db.hot_engine, secret, now, settings.key_touch_interval_seconds
     )
     if touch:
         record_key_use(db, principal, now)

@@ -207,7 +207,7 @@ def _authorize(
 ) -> tuple[dict[str, str | bool], Principal | None]:
     """The gate's answer, and the principal whose key use is due to be recorded (if it is)."""
     snap = gate.snapshot(
-        db.engine, secret, body.organization, now, settings.key_touch_interval_seconds
+        db.hot_engine, secret, body.organization, now, settings.key_touch_interval_seconds
     )
     caller_org = _ingest_key(snap.principal)
     org_id, status = snap.organization_id, snap.status

@@ -89,7 +89,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 20)
+    return create_engine(url, **kwargs)
 
 
 def _sqlite_pool(path: str) -> Any:
@@ -132,6 +135,22 @@ class Database:
             else self.engine
         )
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
+        # The hot path's single-statement reads (:func:`fetch_one`). On PostgreSQL a small pool of
+        # their own in autocommit (one round trip per read: no BEGIN, no ROLLBACK, no ping; a
+        # dropped connection is replaced and the read retried once); at most 8 connections, so
+        # a burst waits for one instead of opening more. On SQLite the main engine.
+        self.hot_engine = (
+            self.engine
+            if self.dialect == "sqlite"
+            else make_engine(
+                url,
+                isolation_level="AUTOCOMMIT",
+                pool_pre_ping=False,
+                pool_size=8,
+                max_overflow=0,
+                pool_reset_on_return=None,
+            )
+        )
         self._writer = sessionmaker(writer, expire_on_commit=False)
 
     @contextmanager
@@ -149,6 +168,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.hot_engine is not self.engine:
+            self.hot_engine.dispose()
 
 
 def driver_timestamp(dialect: str, value: datetime | None) -> object:
@@ -202,18 +223,32 @@ def _for_dialect(sql: str, dialect: str) -> str:
 
 
 def fetch_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-    """One row of one read-only statement on a pooled driver connection: the hot path's read, with
-    no ORM session and no statement building per call. ``sql`` names its parameters ``:name``
-    (rewritten once to psycopg's ``%(name)s`` on PostgreSQL); values must be in the driver's types
-    (see :func:`driver_timestamp`). One statement reads one consistent snapshot of committed rows."""
-    conn = engine.raw_connection()
-    try:
-        cur = conn.cursor()
-        cur.execute(_for_dialect(sql, engine.dialect.name), params)
-        row = cur.fetchone()
-        cur.close()
-        if engine.dialect.name != "sqlite":
-            conn.rollback()  # end the read transaction psycopg opened
-    finally:
-        conn.close()
-    return None if row is None else tuple(row)
+    """One row of one read-only statement on a pooled driver connection of ``engine`` (a
+    :attr:`Database.hot_engine`): the hot path's read, with no ORM session and no statement building
+    per call. ``sql`` names its parameters ``:name`` (rewritten once to psycopg's ``%(name)s`` on
+    PostgreSQL); values must be in the driver's types (see :func:`driver_timestamp`). One statement
+    reads one consistent snapshot of committed rows."""
+    if engine.dialect.name == "sqlite":
+        conn = engine.raw_connection()
+        try:
+            cur = conn.cursor()  # autocommit mode: the statement is its own read transaction
+            cur.execute(sql, params)
+            row = cur.fetchone()
+            cur.close()
+        finally:
+            conn.close()
+        return None if row is None else tuple(row)
+    statement = _for_dialect(sql, "postgresql")
+    for attempt in (1, 2):
+        conn = engine.raw_connection()
+        try:
+            row = conn.driver_connection.execute(statement, params).fetchone()  # type: ignore[union-attr]
+        except engine.dialect.loaded_dbapi.OperationalError:
+            conn.invalidate()  # the server closed it (a restart, an idle timeout): use a new one
+            if attempt == 2:
+                raise
+            continue
+        finally:
+            conn.close()
+        return None if row is None else tuple(row)
+    raise AssertionError("unreachable")
