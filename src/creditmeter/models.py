@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from creditmeter.billing.models import PlanAllocation, Subscription
+from creditmeter.billing.models import (
+    CycleClose,
+    Invoice,
+    InvoiceCounter,
+    InvoiceLine,
+    PlanAllocation,
+    Subscription,
+    UsageStatementLine,
+)
 from creditmeter.kit.db import Base
 from creditmeter.kit.idempotency import IdempotencyRecord
 from creditmeter.ledger.models import Balance, JournalTransaction, Lot, Posting
@@ -14,8 +22,12 @@ metadata = Base.metadata
 __all__ = [
     "ApiKey",
     "Balance",
+    "CycleClose",
     "Hold",
     "IdempotencyRecord",
+    "Invoice",
+    "InvoiceCounter",
+    "InvoiceLine",
     "JournalTransaction",
     "Lot",
     "Member",
@@ -26,5 +38,6 @@ __all__ = [
     "ProjectUsage",
     "Subscription",
     "UsageEvent",
+    "UsageStatementLine",
     "metadata",
 ]

@@ -1,4 +1,5 @@
-"""Tables of billing: subscriptions and the plan allocations (credits granted, fee owed) they made."""
+"""Tables of billing: subscriptions, the plan allocations (credits granted, fee owed) they made,
+cycle closes with the usage statements they finalize, and invoices."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.naming import conv
 
 from creditmeter.kit.db import Base, BigIntPK, UTCDateTime
 
@@ -95,3 +97,140 @@ class PlanAllocation(Base):
     share_total_us: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     invoice_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class CycleClose(Base):
+    """The cycle close of one organization, environment and closed period, and the last step it
+    finished (``started`` → ``statement`` → ``expiry`` → ``allocation`` → ``invoice`` → ``charge``).
+
+    Each step runs in its own transaction together with the update of ``step``, so a rerun after a
+    crash starts at the first step not recorded. The unique constraint makes the close of a period
+    happen at most once. ``completed_at`` is set with the last step."""
+
+    __tablename__ = "cycle_closes"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "environment", "period_start"),
+        CheckConstraint(
+            "step IN ('started', 'statement', 'expiry', 'allocation', 'invoice', 'charge')",
+            name="step_known",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    environment: Mapped[str] = mapped_column(String(10))
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    step: Mapped[str] = mapped_column(String(12))
+    invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"))
+    expired_micros: Mapped[int] = mapped_column(BigInteger)
+    allocated_micros: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class UsageStatementLine(Base):
+    """One line of a closed month's usage statement: the usage of one operation or one project
+    (``key`` is the operation, the project id, or ``""`` for usage without a project).
+    ``quantities`` maps each dimension to its exact total as a decimal string."""
+
+    __tablename__ = "usage_statement_lines"
+    __table_args__ = (
+        UniqueConstraint(
+            "organization_id",
+            "environment",
+            "period_start",
+            "dimension",
+            "key",
+            name=conv("uq_usage_statement_lines_period_key"),
+        ),
+        CheckConstraint("dimension IN ('operation', 'project')", name="dimension_known"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    environment: Mapped[str] = mapped_column(String(10))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    dimension: Mapped[str] = mapped_column(String(10))
+    key: Mapped[str] = mapped_column(String(100))
+    label: Mapped[str] = mapped_column(String(200))
+    event_count: Mapped[int] = mapped_column(BigInteger)
+    credits_micros: Mapped[int] = mapped_column(BigInteger)
+    quantities: Mapped[dict[str, str]] = mapped_column(JSON)
+
+
+class InvoiceCounter(Base):
+    """The last invoice number given in a series (``INV-2026``). The number of a new invoice is
+    taken by incrementing this row in the invoice's own transaction: a rollback gives it back, so
+    numbers have no gaps, and the row lock makes concurrent invoices take distinct numbers."""
+
+    __tablename__ = "invoice_counters"
+
+    series: Mapped[str] = mapped_column(String(20), primary_key=True)
+    last_number: Mapped[int] = mapped_column(BigInteger)
+
+
+class Invoice(Base):
+    """The invoice of one organization, environment and closed period, issued on the 1st of the
+    next. Amounts are integer minor units of ``currency``; ``total_minor`` is the sum of the lines.
+    ``customer`` and ``seller`` are snapshots taken when it was issued: an invoice is never edited
+    afterwards, except for its status (``open``, ``paid``, ``past_due``, ``void``)."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "environment", "period_start"),
+        CheckConstraint("status IN ('open', 'paid', 'past_due', 'void')", name="status_known"),
+        Index("ix_invoices_organization_id_id", "organization_id", "id"),
+        Index("ix_invoices_status_due_at", "status", "due_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    number: Mapped[str] = mapped_column(String(40), unique=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    environment: Mapped[str] = mapped_column(String(10))
+    subscription_id: Mapped[str | None] = mapped_column(ForeignKey("subscriptions.id"))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    currency: Mapped[str] = mapped_column(String(3))
+    subtotal_minor: Mapped[int] = mapped_column(BigInteger)
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(10))
+    customer: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seller: Mapped[dict[str, Any]] = mapped_column(JSON)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class InvoiceLine(Base):
+    """One line of an invoice. ``quantity`` and ``unit_price`` (major units) are exact decimal
+    strings for display; ``amount_minor`` is what the line adds to the total (negative for a credit
+    note). ``service_*`` is the time the line pays for; ``plan_allocation_id`` the allocation
+    it bills, if any."""
+
+    __tablename__ = "invoice_lines"
+    __table_args__ = (
+        UniqueConstraint("invoice_id", "position"),
+        CheckConstraint(
+            "kind IN ('plan_fee', 'proration', 'package', 'overage', 'credit_note', 'adjustment')",
+            name="kind_known",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(12))
+    description: Mapped[str] = mapped_column(String(300))
+    quantity: Mapped[str] = mapped_column(String(40))
+    unit_price: Mapped[str | None] = mapped_column(String(40))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    credits_micros: Mapped[int | None] = mapped_column(BigInteger)
+    service_start: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    service_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    plan_allocation_id: Mapped[int | None] = mapped_column(BigInteger)
