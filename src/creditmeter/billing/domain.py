@@ -277,8 +277,37 @@ class CustomPackages:
 
 
 @dataclass(frozen=True)
+class Seller:
+    """Who issues the invoices: the operator, as printed at the top of every invoice."""
+
+    name: str = "creditmeter operator"
+    address: tuple[str, ...] = ()
+    email: str = ""
+    website: str = ""
+    tax_id: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": list(self.address),
+            "email": self.email,
+            "website": self.website,
+            "tax_id": self.tax_id,
+        }
+
+
+@dataclass(frozen=True)
+class Invoicing:
+    """How invoices are numbered and when they are due."""
+
+    number_prefix: str = "INV"
+    payment_terms_days: int = 14
+
+
+@dataclass(frozen=True)
 class Catalog:
-    """The operator's plans and packages, and the billing time zone, as loaded from one file."""
+    """The operator's plans and packages, the billing time zone, the seller and the invoicing
+    settings, as loaded from one file."""
 
     time_zone: str
     zone: tzinfo
@@ -286,6 +315,8 @@ class Catalog:
     packages: dict[str, Package]
     custom_packages: CustomPackages
     source: str
+    seller: Seller = Seller()
+    invoicing: Invoicing = Invoicing()
 
     def plan(self, plan_id: str) -> Plan | None:
         return self.plans.get(plan_id)
@@ -429,4 +460,70 @@ def allocation(
         fee_minor=prorate(fee, share),
         share=share,
         expires_at=plan_lot_expiry(of, terms.rollover_cycles, zone),
+    )
+
+
+# ---- cycle close and invoices -----------------------------------------------------------------
+
+_MONTH_NAMES = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+
+
+def month_name(of: Period) -> str:
+    """``"January 2026"``."""
+    return f"{_MONTH_NAMES[of.month - 1]} {of.year}"
+
+
+def periods_due(first: Period, now: datetime, zone: tzinfo) -> list[Period]:
+    """``first`` and each period after it that has ended by ``now`` (a period is closed at its
+    end, the 1st 00:00 of the next month), oldest first: the boundaries a catch-up crosses."""
+    due = []
+    current = first
+    while current.end <= now:
+        due.append(current)
+        current = shift(current, 1, zone)
+    return due
+
+
+def invoice_series(prefix: str, environment: str, year: int) -> str:
+    """Invoice numbers run per year and per environment: ``INV-2026``, ``INV-TEST-2026``."""
+    return f"{prefix}-TEST-{year}" if environment == "test" else f"{prefix}-{year}"
+
+
+def invoice_number(series: str, number: int) -> str:
+    """``INV-2026-000001``: at least six digits, so numbers sort as text within a series."""
+    if number <= 0:
+        raise ValueError("invoice numbers start at 1")
+    return f"{series}-{number:06d}"
+
+
+def allocation_line_kind(share: Share) -> Literal["plan_fee", "proration"]:
+    """A full cycle's fee is a ``plan_fee`` line; a part of a cycle is a ``proration``."""
+    return "plan_fee" if share.full else "proration"
+
+
+def describe_allocation(
+    kind: str, plan_name: str, of: Period, start: datetime, zone: tzinfo
+) -> str:
+    """The text of an invoice line for a plan allocation: what, which plan, which time."""
+    what = f"Upgrade to {plan_name}" if kind == "upgrade" else f"{plan_name} plan"
+    if start <= of.start:
+        return f"{what}, {month_name(of)}"
+    first = start.astimezone(zone)
+    last = (of.end - _MICROSECOND).astimezone(zone)
+    return (
+        f"{what}, {first.day} to {last.day} {month_name(of)} "
+        f"(prorated from {first:%Y-%m-%d %H:%M} {first.tzname()})"
     )

@@ -105,7 +105,10 @@ class CycleClose(Base):
 
     Each step runs in its own transaction together with the update of ``step``, so a rerun after a
     crash starts at the first step not recorded. The unique constraint makes the close of a period
-    happen at most once. ``completed_at`` is set with the last step."""
+    happen at most once. ``completed_at`` is set with the last step. ``expired_micros`` and
+    ``allocated_micros`` report what the close did; ``overage_micros`` is the arrears a plan with
+    ``overage_in_arrears`` had at the boundary, settled at ``overage_price_micros`` per credit and
+    billed on the invoice."""
 
     __tablename__ = "cycle_closes"
     __table_args__ = (
@@ -114,6 +117,7 @@ class CycleClose(Base):
             "step IN ('started', 'statement', 'expiry', 'allocation', 'invoice', 'charge')",
             name="step_known",
         ),
+        Index("ix_cycle_closes_completed_at", "completed_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -126,6 +130,8 @@ class CycleClose(Base):
     invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"))
     expired_micros: Mapped[int] = mapped_column(BigInteger)
     allocated_micros: Mapped[int] = mapped_column(BigInteger)
+    overage_micros: Mapped[int] = mapped_column(BigInteger)
+    overage_price_micros: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -28,7 +28,14 @@ from pydantic import (
     model_validator,
 )
 
-from creditmeter.billing.domain import Catalog, CustomPackages, Package, Plan
+from creditmeter.billing.domain import (
+    Catalog,
+    CustomPackages,
+    Invoicing,
+    Package,
+    Plan,
+    Seller,
+)
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit.credits import MAX_CREDITS_MICROS, CreditsFormatError, parse_credits
 
@@ -163,6 +170,24 @@ class CustomPackagesConfig(_Strict):
         return self
 
 
+Line = Annotated[str, StringConstraints(max_length=200)]
+
+
+class SellerConfig(_Strict):
+    """The operator as printed on invoices."""
+
+    name: Name
+    address: list[Line] = Field(default_factory=list, max_length=6)
+    email: Line = ""
+    website: Line = ""
+    tax_id: Line = ""
+
+
+class InvoicesConfig(_Strict):
+    number_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9]{0,7}$")] = "INV"
+    payment_terms_days: Annotated[int, Field(ge=0, le=120, strict=True)] = 14
+
+
 Id = Annotated[str, StringConstraints(pattern=_ID_RE)]
 
 
@@ -171,6 +196,8 @@ class PlansFile(_Strict):
     plans: dict[Id, PlanConfig] = Field(min_length=1)
     packages: dict[Id, PackageConfig] = Field(default_factory=dict)
     custom_packages: CustomPackagesConfig
+    seller: SellerConfig = SellerConfig(name="creditmeter operator")
+    invoices: InvoicesConfig = InvoicesConfig()
 
     @field_validator("time_zone")
     @classmethod
@@ -259,6 +286,17 @@ def parse_catalog(data: bytes | str, source: str) -> Catalog:
             parsed.custom_packages.step_credits,
         ),
         source=source,
+        seller=Seller(
+            name=parsed.seller.name,
+            address=tuple(parsed.seller.address),
+            email=parsed.seller.email,
+            website=parsed.seller.website,
+            tax_id=parsed.seller.tax_id,
+        ),
+        invoicing=Invoicing(
+            number_prefix=parsed.invoices.number_prefix,
+            payment_terms_days=parsed.invoices.payment_terms_days,
+        ),
     )
 
 
@@ -285,6 +323,8 @@ def _problems(exc: ValidationError, source: str) -> PlansError:
         message = re.sub(r"^(Value|Assertion) error, ", "", error["msg"])
         if error["type"] == "extra_forbidden":
             message = "unknown key; see the documented keys in default_plans.toml"
+        elif error["type"] == "string_pattern_mismatch" and where.endswith("number_prefix"):
+            message = '1 to 8 capital letters or digits, starting with a letter, e.g. "INV"'
         elif error["type"] == "string_pattern_mismatch" and where.endswith("currency"):
             message = 'write an ISO 4217 code in capitals, e.g. "USD"'
         elif error["type"] == "string_pattern_mismatch":

@@ -170,6 +170,37 @@ def state(
     return SubscriptionState(sub, Terms.from_json(sub.terms), pending, period, allocations)
 
 
+def renew(
+    session: Session, catalog: Catalog, sub: Subscription, boundary: datetime
+) -> PlanAllocation | None:
+    """The cycle close's allocation step at ``boundary`` (the start of a new cycle): apply a pending
+    change or cancellation due by then, and, if the subscription is still active and was allocated
+    exactly up to ``boundary``, allocate the new cycle in full (``kind = 'cycle'``, sequence 0) and
+    move ``allocated_through`` to its end. The caller holds the organization's lock. A subscription
+    already allocated past ``boundary`` (a first subscription made inside the new cycle) is left
+    alone, so a cycle is never allocated twice; calling it again changes nothing."""
+    if sub.pending_action and sub.pending_effective_at and sub.pending_effective_at <= boundary:
+        if sub.pending_action == "cancel":
+            sub.status = CANCELED
+            sub.canceled_at = boundary
+        elif sub.pending_terms:
+            terms = Terms.from_json(sub.pending_terms)
+            sub.plan, sub.terms = terms.plan, terms.to_json()
+        _clear_pending(sub)
+        sub.updated_at = boundary
+    if sub.status != ACTIVE or sub.allocated_through != boundary:
+        session.flush()
+        return None
+    period = domain.period_of(boundary, catalog.zone)
+    row = _allocate(
+        session, catalog, sub, Terms.from_json(sub.terms), None, period, boundary, "cycle"
+    )
+    sub.allocated_through = period.end
+    sub.updated_at = boundary
+    session.flush()
+    return row
+
+
 def _find(session: Session, organization_id: str, environment: str) -> Subscription | None:
     return session.scalars(
         select(Subscription).where(

@@ -118,6 +118,8 @@ def upgrade() -> None:
         sa.Column("invoice_id", sa.String(length=40), nullable=True),
         sa.Column("expired_micros", sa.BigInteger(), nullable=False),
         sa.Column("allocated_micros", sa.BigInteger(), nullable=False),
+        sa.Column("overage_micros", sa.BigInteger(), nullable=False),
+        sa.Column("overage_price_micros", sa.BigInteger(), nullable=True),
         sa.Column("started_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("completed_at", UTCDateTime(), nullable=True),
@@ -146,6 +148,9 @@ def upgrade() -> None:
             name=op.f("uq_cycle_closes_organization_id_environment_period_start"),
         ),
     )
+    with op.batch_alter_table("cycle_closes", schema=None) as batch_op:
+        batch_op.create_index("ix_cycle_closes_completed_at", ["completed_at"])
+
     op.create_table(
         "usage_statement_lines",
         sa.Column("id", _BIGINT_PK, autoincrement=True, nullable=False),
@@ -181,6 +186,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("usage_statement_lines")
+    with op.batch_alter_table("cycle_closes", schema=None) as batch_op:
+        batch_op.drop_index("ix_cycle_closes_completed_at")
     op.drop_table("cycle_closes")
     op.drop_table("invoice_lines")
     with op.batch_alter_table("invoices", schema=None) as batch_op:
