@@ -33,6 +33,10 @@ class Settings:
     rate_card_path: str | None = None
     #: The operator's plans, packages and billing time zone (TOML); None means the built-in default.
     plans_path: str | None = None
+    #: The payment processor: ``sandbox`` (test cards, its own tables) or ``stripe``.
+    payment_provider: str = "sandbox"
+    #: Stripe's secret key (``sk_test_…``/``sk_live_…``), for ``payment_provider = "stripe"``.
+    stripe_secret_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,4 +51,9 @@ class Settings:
             future_skew_seconds=int(os.environ.get("CREDITMETER_FUTURE_SKEW_SECONDS", "300")),
             rate_card_path=os.environ.get("CREDITMETER_RATE_CARD") or None,
             plans_path=os.environ.get("CREDITMETER_PLANS") or None,
+            payment_provider=(
+                os.environ.get("CREDITMETER_PAYMENT_PROVIDER", "sandbox").strip().lower()
+                or "sandbox"
+            ),
+            stripe_secret_key=os.environ.get("CREDITMETER_STRIPE_SECRET_KEY") or None,
         )

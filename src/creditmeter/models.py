@@ -11,6 +11,19 @@ from creditmeter.billing.models import (
     Subscription,
     UsageStatementLine,
 )
+from creditmeter.billing.payments.models import (
+    AutoTopUp,
+    Payment,
+    PaymentCustomer,
+    PaymentMethod,
+    Purchase,
+)
+from creditmeter.billing.payments.sandbox_models import (
+    SandboxCharge,
+    SandboxCustomer,
+    SandboxPaymentMethod,
+    SandboxRefund,
+)
 from creditmeter.kit.db import Base
 from creditmeter.kit.idempotency import IdempotencyRecord
 from creditmeter.ledger.models import Balance, JournalTransaction, Lot, Posting
@@ -21,6 +34,7 @@ metadata = Base.metadata
 
 __all__ = [
     "ApiKey",
+    "AutoTopUp",
     "Balance",
     "CycleClose",
     "Hold",
@@ -32,10 +46,18 @@ __all__ = [
     "Lot",
     "Member",
     "Organization",
+    "Payment",
+    "PaymentCustomer",
+    "PaymentMethod",
     "PlanAllocation",
     "Posting",
     "Project",
     "ProjectUsage",
+    "Purchase",
+    "SandboxCharge",
+    "SandboxCustomer",
+    "SandboxPaymentMethod",
+    "SandboxRefund",
     "Subscription",
     "UsageEvent",
     "UsageStatementLine",

@@ -16,6 +16,7 @@ from creditmeter.api import (
     routes_ledger,
     routes_metering,
     routes_orgs,
+    routes_payments,
 )
 from creditmeter.api.deps import json_body
 from creditmeter.api.limits import BodySizeLimit
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(routes_metering.router, dependencies=[Depends(json_body)])
     app.include_router(routes_events.router)
     app.include_router(routes_billing.router, dependencies=[Depends(json_body)])
+    app.include_router(routes_payments.router, dependencies=[Depends(json_body)])
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -1,0 +1,411 @@
+"""Credit purchases: a package or a custom amount, charged now, granted on success.
+
+A purchase runs in three steps, so that no database lock is ever held across the call to the
+processor:
+
+1. **begin** (one write transaction): check the request, price it from the organization's
+   subscription terms (credits x the plan's price per credit, rounded once, half to even, to a minor
+   unit) and record the purchase as ``pending`` under the client's idempotency key (unique per
+   organization and environment).
+2. **charge** (no transaction): the processor charges the payment method with ``purchase:<id>`` as
+   its own idempotency key.
+3. **complete** (one write transaction, under the organization's write lock): record the charge in
+   the billing history; on success grant a ``purchase`` lot through ``ledger.service.grant`` (cost
+   basis = amount paid per credit, the purchase expiry of the plan, the default priority), which pays
+   any arrears first and so resumes a paused organization at once; on a decline mark the purchase
+   ``failed`` with the processor's reason and grant nothing.
+
+A crash or a lost connection between steps leaves a ``pending`` purchase. Running it again (the
+client retrying with the same ``Idempotency-Key``, or :func:`resume_pending`) repeats step 2 with the
+same processor key, so the processor returns the first charge instead of charging twice, and step 3
+records it once (the purchase row is re-read under the lock; the payment's key is unique).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from creditmeter.billing import domain
+from creditmeter.billing.domain import Catalog, Terms
+from creditmeter.billing.models import Subscription
+from creditmeter.billing.payments import history
+from creditmeter.billing.payments import methods as payment_methods
+from creditmeter.billing.payments.models import PaymentCustomer, PaymentMethod, Purchase
+from creditmeter.billing.payments.provider import ChargeResult, PaymentError, PaymentProvider
+from creditmeter.errors import Conflict, InvalidRequest
+from creditmeter.kit import clock
+from creditmeter.kit.credits import format_credits
+from creditmeter.kit.db import Database
+from creditmeter.kit.idempotency import request_fingerprint
+from creditmeter.kit.ids import new_id
+from creditmeter.ledger import service as ledger
+from creditmeter.ledger.domain import LotSource
+from creditmeter.orgs import service as orgs
+
+PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+#: Purchased lots take the default priority (DESIGN.md §2: all lots share it unless the operator
+#: sets another).
+PURCHASE_PRIORITY = 100
+
+
+class SubscriptionRequired(Conflict):
+    code = "subscription_required"
+
+
+@dataclass(frozen=True)
+class PurchaseRequest:
+    package: str | None = None
+    credits_micros: int | None = None
+    payment_method_id: str | None = None
+
+    def fingerprint(self, environment: str) -> str:
+        return request_fingerprint(
+            {
+                "environment": environment,
+                "package": self.package,
+                "credits_micros": self.credits_micros,
+                "payment_method": self.payment_method_id,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Quote:
+    package: str | None
+    credits_micros: int
+    price_micros: int
+    amount_minor: int
+    currency: str
+
+
+def _invalid(field: str, code: str, message: str) -> InvalidRequest:
+    return InvalidRequest(
+        message, code=code, errors=[{"field": field, "type": code, "message": message}]
+    )
+
+
+def quote(catalog: Catalog, terms: Terms, request: PurchaseRequest) -> Quote:
+    """What the request buys and costs on these terms, or a 422 naming the field to fix."""
+    if (request.package is None) == (request.credits_micros is None):
+        raise _invalid(
+            "package", "invalid_purchase", "send either package or credits (a custom amount)"
+        )
+    if request.package is not None:
+        package = catalog.packages.get(request.package)
+        if package is None:
+            known = ", ".join(catalog.packages)
+            raise _invalid("package", "unknown_package", f"unknown package; choose one of: {known}")
+        credits = package.credits_micros
+    else:
+        assert request.credits_micros is not None
+        credits = request.credits_micros
+        problem = catalog.custom_packages.problem(credits)
+        if problem:
+            raise _invalid("credits", "invalid_credits", problem)
+    amount = domain.purchase_price_minor(credits, terms.credit_price_micros, terms.currency)
+    if amount <= 0:
+        raise _invalid("credits", "invalid_credits", "this amount costs nothing; buy more credits")
+    return Quote(request.package, credits, terms.credit_price_micros, amount, terms.currency)
+
+
+def terms_of(session: Session, organization_id: str, environment: str) -> Terms:
+    """The organization's subscription terms (a canceled subscription's last terms still price a
+    purchase); 409 when it never subscribed: the price of a credit is a plan setting."""
+    sub = session.scalars(
+        select(Subscription).where(
+            Subscription.organization_id == organization_id,
+            Subscription.environment == environment,
+        )
+    ).first()
+    if sub is None:
+        raise SubscriptionRequired(
+            "subscribe the organization to a plan first (PUT …/subscription): the price of a "
+            "credit and the expiry of purchased credits are plan settings"
+        )
+    return Terms.from_json(sub.terms)
+
+
+def begin(
+    session: Session,
+    catalog: Catalog,
+    organization_id: str,
+    environment: str,
+    request: PurchaseRequest,
+    idempotency_key: str,
+    now: datetime,
+    purpose: str = "purchase",
+) -> Purchase:
+    """Step 1: the purchase recorded as pending (or the one this key already made)."""
+    orgs.get_organization(session, organization_id)
+    fingerprint = request.fingerprint(environment)
+    existing = by_key(session, organization_id, environment, idempotency_key)
+    if existing is not None:
+        if existing.request_hash != fingerprint:
+            raise Conflict(
+                "this Idempotency-Key was already used with a different request body; use a new "
+                "key for a new purchase",
+                code="idempotency_key_reused",
+            )
+        return existing
+    terms = terms_of(session, organization_id, environment)
+    offer = quote(catalog, terms, request)
+    method = _method_for(session, organization_id, environment, request.payment_method_id)
+    row = Purchase(
+        id=new_id("pur"),
+        organization_id=organization_id,
+        environment=environment,
+        purpose=purpose,
+        package=offer.package,
+        credits_micros=offer.credits_micros,
+        price_micros=offer.price_micros,
+        amount_minor=offer.amount_minor,
+        currency=offer.currency,
+        payment_method_id=method.id,
+        status=PENDING,
+        expires_at=domain.purchase_expiry(now, terms.purchase_expiry_months, catalog.zone),
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _method_for(
+    session: Session, organization_id: str, environment: str, method_id: str | None
+) -> PaymentMethod:
+    if method_id is None:
+        method = payment_methods.default_method(session, organization_id, environment)
+        if method is None:
+            raise _invalid(
+                "payment_method",
+                "payment_method_required",
+                "the organization has no payment method; add one (POST …/payment-methods) or "
+                "name one",
+            )
+        return method
+    try:
+        return payment_methods.get_method(session, organization_id, environment, method_id)
+    except payment_methods.PaymentMethodNotFound:
+        raise _invalid(
+            "payment_method",
+            "unknown_payment_method",
+            "no attached payment method of this organization has this id",
+        ) from None
+
+
+def by_key(
+    session: Session, organization_id: str, environment: str, idempotency_key: str
+) -> Purchase | None:
+    return session.scalars(
+        select(Purchase).where(
+            Purchase.organization_id == organization_id,
+            Purchase.environment == environment,
+            Purchase.idempotency_key == idempotency_key,
+        )
+    ).first()
+
+
+def charge_key(purchase_id: str) -> str:
+    """The processor's idempotency key of a purchase's charge."""
+    return f"purchase:{purchase_id}"
+
+
+def complete(
+    session: Session,
+    catalog: Catalog,
+    purchase_id: str,
+    result: ChargeResult,
+    provider_name: str,
+    now: datetime,
+) -> Purchase:
+    """Step 3: record the charge and grant the credits (or the decline). A purchase completed by a
+    concurrent twin is returned as it is."""
+    row = session.get(Purchase, purchase_id)
+    assert row is not None
+    ledger.lock_balance(session, row.organization_id, row.environment)
+    session.refresh(row)
+    if row.status != PENDING:
+        return row
+    payment = history.record(
+        session,
+        organization_id=row.organization_id,
+        environment=row.environment,
+        kind="charge",
+        purpose=row.purpose,
+        reference_id=row.id,
+        payment_method_id=row.payment_method_id,
+        result=result,
+        provider=provider_name,
+        idempotency_key=charge_key(row.id),
+        now=now,
+    )
+    row.payment_id = payment.id
+    row.completed_at = now
+    if result.succeeded:
+        row.status = SUCCEEDED
+        row.lot_id = ledger.grant(
+            session,
+            row.organization_id,
+            row.environment,
+            ledger.GrantRequest(
+                amount_micros=row.credits_micros,
+                source=LotSource.PURCHASE,
+                reason=f"purchase {row.id}: {_what(catalog, row)}",
+                effective_at=now,
+                expires_at=row.expires_at,
+                priority=PURCHASE_PRIORITY,
+                cost_basis_micros=domain.cost_basis_micros(
+                    row.amount_minor, row.credits_micros, row.currency
+                ),
+                currency=row.currency,
+            ),
+            now,
+        )
+    else:
+        row.status = FAILED
+        row.failure_code = result.failure_code or "payment_failed"
+        row.failure_message = (result.failure_message or "the payment failed")[:500]
+    session.flush()
+    return row
+
+
+def _what(catalog: Catalog, row: Purchase) -> str:
+    credits = format_credits(row.credits_micros)
+    if row.package and row.package in catalog.packages:
+        return f"{catalog.packages[row.package].name} ({credits} credits)"
+    return f"{credits} credits"
+
+
+def purchase(
+    db: Database,
+    provider: PaymentProvider,
+    catalog: Catalog,
+    organization_id: str,
+    environment: str,
+    request: PurchaseRequest,
+    idempotency_key: str,
+    purpose: str = "purchase",
+) -> Purchase:
+    """Run a purchase (see the module note). A retry with the same key returns the first outcome,
+    or finishes a pending purchase without charging twice."""
+    try:
+        with db.write() as session:
+            row = begin(
+                session,
+                catalog,
+                organization_id,
+                environment,
+                request,
+                idempotency_key,
+                clock.now(),
+                purpose,
+            )
+    except IntegrityError:
+        with db.read() as session:  # a concurrent twin recorded it first
+            row_or_none = by_key(session, organization_id, environment, idempotency_key)
+        if row_or_none is None:
+            raise
+        row = row_or_none
+        if row.request_hash != request.fingerprint(environment):
+            raise Conflict(
+                "this Idempotency-Key was already used with a different request body",
+                code="idempotency_key_reused",
+            ) from None
+    if row.status != PENDING:
+        return row
+    return settle(db, provider, catalog, row.id)
+
+
+def settle(db: Database, provider: PaymentProvider, catalog: Catalog, purchase_id: str) -> Purchase:
+    """Steps 2 and 3 for a pending purchase."""
+    with db.read() as session:
+        row = session.get(Purchase, purchase_id)
+        assert row is not None
+        if row.status != PENDING:
+            return row
+        method = session.get(PaymentMethod, row.payment_method_id)
+        assert method is not None
+        customer = session.scalar(
+            select(PaymentCustomer.provider_customer_id).where(
+                PaymentCustomer.organization_id == row.organization_id,
+                PaymentCustomer.environment == row.environment,
+                PaymentCustomer.provider == method.provider,
+            )
+        )
+    result = provider.charge(
+        row.amount_minor,
+        row.currency,
+        customer or "",
+        method.token,
+        charge_key(row.id),
+        f"creditmeter purchase {row.id}: {_what(catalog, row)}",
+    )
+    with db.write() as session:
+        return complete(session, catalog, row.id, result, provider.name, clock.now())
+
+
+def resume_pending(
+    db: Database, provider: PaymentProvider, catalog: Catalog, older_than: timedelta
+) -> list[Purchase]:
+    """Finish purchases left pending longer than ``older_than`` (a crash between charge and grant):
+    the worker's recovery step. Each is charged with its own key, so never twice."""
+    cutoff = clock.now() - older_than
+    with db.read() as session:
+        ids = list(
+            session.scalars(
+                select(Purchase.id)
+                .where(Purchase.status == PENDING, Purchase.created_at <= cutoff)
+                .order_by(Purchase.id)
+            )
+        )
+    return [settle(db, provider, catalog, purchase_id) for purchase_id in ids]
+
+
+def declined(row: Purchase) -> PaymentError:
+    """The 402 for a failed purchase, with the processor's reason as its code."""
+    return PaymentError(
+        f"the payment was declined: {row.failure_message} ({row.failure_code}); purchase "
+        f"{row.id} granted no credits. Use another payment method, or retry with a new "
+        "Idempotency-Key",
+        code=row.failure_code or "payment_failed",
+        errors=[
+            {
+                "field": "payment_method",
+                "type": row.failure_code or "payment_failed",
+                "message": row.failure_message or "the payment failed",
+            }
+        ],
+    )
+
+
+def purchase_json(row: Purchase) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "organization_id": row.organization_id,
+        "environment": row.environment,
+        "purpose": row.purpose,
+        "status": row.status,
+        "package": row.package,
+        "credits": format_credits(row.credits_micros),
+        "price_per_credit": {
+            "amount": domain.format_price(row.price_micros),
+            "currency": row.currency,
+        },
+        "amount": {"amount_minor": row.amount_minor, "currency": row.currency},
+        "payment_method_id": row.payment_method_id,
+        "payment_id": row.payment_id,
+        "lot_id": row.lot_id,
+        "expires_at": row.expires_at,
+        "failure_code": row.failure_code,
+        "failure_message": row.failure_message,
+        "created_at": row.created_at,
+        "completed_at": row.completed_at,
+    }
