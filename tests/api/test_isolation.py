@@ -53,6 +53,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/organizations/{org}/subscription", None),
     ("PUT", "/v1/organizations/{org}/subscription", {"plan": "standard"}),
     ("DELETE", "/v1/organizations/{org}/subscription", None),
+    ("GET", "/v1/organizations/{org}/invoices", None),
 ]
 
 
@@ -338,6 +339,7 @@ ALLOWED = {  # (method, path) -> the status for org:admin, org:read, org:ingest
     ("GET", "/v1/organizations/{org}/subscription"): (404, 404, 403),  # the tenant has none yet
     ("PUT", "/v1/organizations/{org}/subscription"): (200, 403, 403),
     ("DELETE", "/v1/organizations/{org}/subscription"): (404, 403, 403),  # nothing to cancel
+    ("GET", "/v1/organizations/{org}/invoices"): (200, 200, 403),
 }
 
 

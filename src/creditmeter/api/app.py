@@ -13,6 +13,7 @@ from creditmeter.api import (
     problems,
     routes_billing,
     routes_events,
+    routes_invoices,
     routes_ledger,
     routes_metering,
     routes_orgs,
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(routes_metering.router, dependencies=[Depends(json_body)])
     app.include_router(routes_events.router)
     app.include_router(routes_billing.router, dependencies=[Depends(json_body)])
+    app.include_router(routes_invoices.router)
     app.include_router(routes_payments.router, dependencies=[Depends(json_body)])
 
     @app.get("/healthz", tags=["health"])

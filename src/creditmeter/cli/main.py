@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from creditmeter import __version__
+from creditmeter.cli.cycle import cycle_app
 from creditmeter.config import Settings
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit import clock
@@ -44,6 +45,7 @@ key_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")
 app.add_typer(key_app, name="api-key")
+app.add_typer(cycle_app, name="cycle")
 
 out = Console()
 err = Console(stderr=True)
@@ -140,7 +142,9 @@ def serve(
         _print_demo(db, host, port)
     elif is_sqlite(settings.database_url):
         err.print(f"[dim]database: {settings.database_url}[/dim]")
-    worker = None if no_worker else Worker(db, settings.worker_interval_seconds)
+    worker = (
+        None if no_worker else Worker(db, settings.worker_interval_seconds, settings.plans_path)
+    )
     if worker:
         worker.start()
     try:
@@ -192,17 +196,17 @@ def _print_demo(db: Database, host: str, port: int) -> None:
 def worker(
     once: Annotated[bool, typer.Option("--once", help="Run every due job once and exit.")] = False,
 ) -> None:
-    """Run the background worker (lot expiry) in the foreground."""
+    """Run the background worker (cycle closes, lot expiry, hold timeouts) in the foreground."""
     from creditmeter.worker.runner import Worker, tick
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     db = Database(settings.database_url)
     if once:
-        n = tick(db)
+        n = tick(db, settings.plans_path)
         out.print(f"expired credits of {n} organization balance(s)")
         return
-    w = Worker(db, settings.worker_interval_seconds)
+    w = Worker(db, settings.worker_interval_seconds, settings.plans_path)
     w.run()
 
 

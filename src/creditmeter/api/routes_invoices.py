@@ -1,0 +1,170 @@
+"""Invoices: an organization's list, one invoice with its lines and usage summary, and its PDF.
+
+An operator key reads every invoice; an org:admin or org:read key reads its own organization's
+invoices in its own environment. Any other invoice is the same 404 as one that does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from creditmeter.api.deps import (
+    DB,
+    READ_SCOPES,
+    Caller,
+    Cursor,
+    Limit,
+    authorize_org,
+    environment_for,
+)
+from creditmeter.api.routes_billing import Env, Plans
+from creditmeter.api.schemas_invoices import InvoiceOut, InvoicePage, InvoiceSummaryOut
+from creditmeter.billing import domain, invoices, pdf, statements
+from creditmeter.billing.domain import Catalog
+from creditmeter.billing.invoices import InvoiceNotFound, InvoiceView
+from creditmeter.billing.models import Invoice
+from creditmeter.kit.credits import format_credits
+from creditmeter.kit.pagination import DEFAULT_LIMIT, encode_cursor
+from creditmeter.orgs.service import Principal
+
+router = APIRouter(tags=["invoices"])
+
+
+def _money(amount_minor: int, currency: str) -> dict[str, Any]:
+    return {"amount_minor": amount_minor, "currency": currency}
+
+
+def summary_json(inv: Invoice, catalog: Catalog) -> dict[str, Any]:
+    due = 0 if inv.status in {invoices.PAID, invoices.VOID} else inv.total_minor
+    return {
+        "id": inv.id,
+        "number": inv.number,
+        "organization_id": inv.organization_id,
+        "environment": inv.environment,
+        "status": inv.status,
+        "period": {
+            "label": domain.period_of(inv.period_start, catalog.zone).label,
+            "start": inv.period_start,
+            "end": inv.period_end,
+        },
+        "currency": inv.currency,
+        "subtotal": _money(inv.subtotal_minor, inv.currency),
+        "total": _money(inv.total_minor, inv.currency),
+        "amount_due": _money(due, inv.currency),
+        "issued_at": inv.issued_at,
+        "due_at": inv.due_at,
+        "paid_at": inv.paid_at,
+        "voided_at": inv.voided_at,
+        "pdf_url": f"/v1/invoices/{inv.id}/pdf",
+    }
+
+
+def invoice_json(view: InvoiceView, catalog: Catalog) -> dict[str, Any]:
+    inv = view.invoice
+    body = summary_json(inv, catalog)
+    body["seller"] = inv.seller
+    body["customer"] = inv.customer
+    body["lines"] = [
+        {
+            "position": line.position,
+            "kind": line.kind,
+            "description": line.description,
+            "quantity": line.quantity,
+            "unit_price": line.unit_price,
+            "amount": _money(line.amount_minor, inv.currency),
+            "credits": (
+                format_credits(line.credits_micros) if line.credits_micros is not None else None
+            ),
+            "service_start": line.service_start,
+            "service_end": line.service_end,
+        }
+        for line in view.lines
+    ]
+    body["usage_summary"] = {
+        "by_operation": [
+            {
+                "operation": u.key,
+                "events": u.event_count,
+                "credits": format_credits(u.credits_micros),
+                "quantities": u.quantities,
+            }
+            for u in view.usage
+            if u.dimension == statements.OPERATION
+        ],
+        "by_project": [
+            {
+                "project_id": u.key or None,
+                "project_name": u.label,
+                "events": u.event_count,
+                "credits": format_credits(u.credits_micros),
+                "quantities": u.quantities,
+            }
+            for u in view.usage
+            if u.dimension == statements.PROJECT
+        ],
+    }
+    return InvoiceOut.model_validate(body).model_dump(mode="json")
+
+
+@router.get("/v1/organizations/{org_id}/invoices", response_model=InvoicePage)
+def list_invoices(
+    org_id: str,
+    caller: Caller,
+    db: DB,
+    catalog: Plans,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+    environment: Env = None,
+) -> Any:
+    """The organization's invoices, oldest first (one per closed month), without their lines.
+    An operator key, or an org:admin or org:read key of this organization."""
+    authorize_org(caller, org_id, READ_SCOPES)
+    env = environment_for(caller, environment)
+    with db.read() as session:
+        rows, next_id = invoices.list_for(session, org_id, env, cursor, limit)
+        data = [InvoiceSummaryOut.model_validate(summary_json(r, catalog)) for r in rows]
+    return {
+        "data": [d.model_dump(mode="json") for d in data],
+        "has_more": next_id is not None,
+        "next_cursor": encode_cursor(next_id) if next_id else None,
+    }
+
+
+def _readable(caller: Principal, view: InvoiceView) -> None:
+    inv = view.invoice
+    if not caller.is_operator and (
+        caller.organization_id != inv.organization_id or caller.environment != inv.environment
+    ):
+        raise InvoiceNotFound(f"invoice {inv.id} not found")
+    authorize_org(caller, inv.organization_id, READ_SCOPES)
+
+
+@router.get("/v1/invoices/{invoice_id}", response_model=InvoiceOut)
+def get_invoice(invoice_id: str, caller: Caller, db: DB, catalog: Plans) -> Any:
+    """One invoice with its seller, customer, lines, totals and the usage summary of its month."""
+    with db.read() as session:
+        view = invoices.get(session, invoice_id)
+        _readable(caller, view)
+        return invoice_json(view, catalog)
+
+
+@router.get(
+    "/v1/invoices/{invoice_id}/pdf",
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}, "description": "The invoice as a PDF."}},
+)
+def get_invoice_pdf(invoice_id: str, caller: Caller, db: DB, catalog: Plans) -> Response:
+    """The invoice as a PDF (A4): seller, customer, number, dates, period, lines, totals, status
+    and usage summary."""
+    with db.read() as session:
+        view = invoices.get(session, invoice_id)
+        _readable(caller, view)
+        content = pdf.render(view, catalog.zone)
+    filename = f"{view.invoice.number}.pdf"
+    return Response(
+        content,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="{filename}"'},
+    )

@@ -1,0 +1,94 @@
+"""Response bodies of invoices. Money is integer minor units with an ISO 4217 currency; credits and
+quantities are exact decimal strings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from creditmeter.api.schemas_billing import Money
+
+
+class InvoicePeriod(BaseModel):
+    label: str = Field(description="The month in the billing time zone, e.g. 2026-01.")
+    start: datetime
+    end: datetime = Field(description="Exclusive: the 1st 00:00 of the next month.")
+
+
+class Party(BaseModel):
+    name: str
+    address: list[str] = []
+    email: str = ""
+    website: str = ""
+    tax_id: str = ""
+
+
+class Customer(BaseModel):
+    id: str
+    name: str
+    external_id: str | None = None
+
+
+class InvoiceLineOut(BaseModel):
+    position: int
+    kind: Literal["plan_fee", "proration", "package", "overage", "credit_note", "adjustment"]
+    description: str
+    quantity: str = Field(description="A decimal string (credits for an overage line).")
+    unit_price: str | None = Field(description="In the currency's major unit, a decimal string.")
+    amount: Money
+    credits: str | None = Field(description="Credits this line allocated or billed, if any.")
+    service_start: datetime | None
+    service_end: datetime | None
+
+
+class UsageByOperation(BaseModel):
+    operation: str
+    events: int
+    credits: str
+    quantities: dict[str, str] = Field(description="Exact sum of each numeric dimension.")
+
+
+class UsageByProject(BaseModel):
+    project_id: str | None = Field(description="None: usage recorded without a project.")
+    project_name: str
+    events: int
+    credits: str
+    quantities: dict[str, str]
+
+
+class UsageSummary(BaseModel):
+    by_operation: list[UsageByOperation]
+    by_project: list[UsageByProject]
+
+
+class InvoiceSummaryOut(BaseModel):
+    id: str
+    number: str = Field(description="Gapless per year and environment: INV-2026-000001.")
+    organization_id: str
+    environment: Literal["live", "test"]
+    status: Literal["open", "paid", "past_due", "void"]
+    period: InvoicePeriod
+    currency: str
+    subtotal: Money
+    total: Money
+    amount_due: Money
+    issued_at: datetime
+    due_at: datetime
+    paid_at: datetime | None
+    voided_at: datetime | None
+    pdf_url: str
+
+
+class InvoiceOut(InvoiceSummaryOut):
+    seller: Party
+    customer: Customer
+    lines: list[InvoiceLineOut]
+    usage_summary: UsageSummary
+
+
+class InvoicePage(BaseModel):
+    data: list[InvoiceSummaryOut]
+    has_more: bool
+    next_cursor: str | None
