@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 from sqlalchemy.orm import Session
 
+from creditmeter.api.coalesce import Coalescer
+from creditmeter.api.coalesce import Scope as IngestScope
 from creditmeter.api.deps import (
     ADMIN_SCOPES,
     DB,
@@ -78,15 +80,31 @@ def _ingest_key(caller: Principal) -> str | None:
 
 
 def _context(caller: Principal, card: RateCard, settings: Settings) -> IngestContext:
+    return _scope_context((caller.environment, _ingest_key(caller)), card, settings)
+
+
+def _scope_context(scope: IngestScope, card: RateCard, settings: Settings) -> IngestContext:
     return IngestContext(
-        environment=caller.environment,
-        caller_organization_id=_ingest_key(caller),
+        environment=scope[0],
+        caller_organization_id=scope[1],
         now=clock.now(),
         rate_card=card,
         late_window=timedelta(days=settings.late_window_days),
         future_skew=timedelta(seconds=settings.future_skew_seconds),
         currency=settings.currency,
     )
+
+
+async def coalescer(request: Request) -> Coalescer:
+    """The app's group-commit queue for single events (made on first use)."""
+    state = request.app.state
+    found: Coalescer | None = getattr(state, "usage_coalescer", None)
+    if found is None:
+        card, settings = state.rate_card, state.settings
+        found = state.usage_coalescer = Coalescer(
+            state.db, lambda scope: _scope_context(scope, card, settings)
+        )
+    return found
 
 
 def _balance_json(snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -111,17 +129,14 @@ def _usage_json(result: EventResult) -> dict[str, Any]:
 
 
 @router.post("/v1/usage", status_code=201, response_model=UsageOut, responses={200: {}})
-def record_usage(body: UsageEventIn, caller: Caller, db: DB, card: Card, settings: Config) -> Any:
+async def record_usage(
+    body: UsageEventIn, caller: Caller, queue: Annotated[Coalescer, Depends(coalescer)]
+) -> Any:
     """Record one usage event and debit it at once. Repeating the same id and body answers 200 with
     the original result and `status: "duplicate"`; the same id with another body is a 409."""
-    ctx = _context(caller, card, settings)
-    with db.write() as session:
-        result = ingest(session, ctx, [body.to_input()], with_balance=True)[0]
-        if result.status == "duplicate":
-            org_id, _ = gate.resolve_organization(
-                session, body.organization, ctx.caller_organization_id
-            )
-            result = usage.with_balance(session, result, org_id, ctx.environment, ctx.now)
+    # Concurrent single events share write transactions (api/coalesce.py): each still gets its own
+    # result, committed before the answer is sent.
+    result = await queue.submit((caller.environment, _ingest_key(caller)), body.to_input())
     if result.error is not None:
         raise result.error
     return JSONResponse(_usage_json(result), status_code=201 if result.status == "applied" else 200)

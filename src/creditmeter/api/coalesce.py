@@ -1,0 +1,99 @@
+"""Group commit for single-event ingest (``POST /v1/usage``).
+
+Every event is debited in a write transaction, and SQLite (and one busy organization on PostgreSQL)
+runs those one at a time. Sent one per request, each event would pay a whole transaction — begin,
+balance lock, lookups, journal, insert, commit — alone. Instead, single events that arrive while a
+transaction is being written wait for it to finish and then go together in the next one, through the
+same batched ingest as ``POST /v1/usage/batch``: an event that arrives when nothing is being written
+goes at once (no timer, no added latency), and under load a transaction carries as many events as
+arrived during the previous one (at most ``MAX_EVENTS``).
+
+Each event keeps its own answer: batched ingest treats every event on its own (a rejected event changes
+nothing; the same id twice is one event and a duplicate), and each caller gets its event's result and
+its organization's balance as committed. Events are grouped only with events of the same environment
+and the same caller scope, so a batch is exactly what one caller could have sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastapi.concurrency import run_in_threadpool
+
+from creditmeter.kit.db import Database
+from creditmeter.metering import gate, usage
+from creditmeter.metering.domain import EventInput, EventResult
+from creditmeter.metering.ingest import IngestContext, ingest
+
+#: The most events one grouped transaction carries.
+MAX_EVENTS = 1_000
+
+#: (environment, organization of an org-scoped key or None for an operator key).
+Scope = tuple[str, str | None]
+
+
+@dataclass
+class _Lane:
+    """Events of one scope waiting for the next transaction, and whether one is being written."""
+
+    waiting: list[tuple[EventInput, asyncio.Future[EventResult]]] = field(default_factory=list)
+    writing: bool = False
+    task: asyncio.Task[None] | None = None  # the writer (a reference keeps it alive)
+
+
+class Coalescer:
+    """Groups concurrent single events of one scope into one write transaction at a time."""
+
+    def __init__(self, db: Database, context: Callable[[Scope], IngestContext]) -> None:
+        self._db = db
+        self._context = context
+        # Keyed by event loop too: futures belong to the loop that awaits them.
+        self._lanes: dict[tuple[asyncio.AbstractEventLoop, Scope], _Lane] = {}
+
+    async def submit(self, scope: Scope, event: EventInput) -> EventResult:
+        """Ingest one event (in the next transaction of its scope) and return its result, with the
+        balance of its organization after that transaction."""
+        loop = asyncio.get_running_loop()
+        lane = self._lanes.setdefault((loop, scope), _Lane())
+        future: asyncio.Future[EventResult] = loop.create_future()
+        lane.waiting.append((event, future))
+        if not lane.writing:
+            lane.writing = True
+            lane.task = loop.create_task(self._drain(loop, scope, lane))
+        return await future
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop, scope: Scope, lane: _Lane) -> None:
+        try:
+            while lane.waiting:
+                batch, lane.waiting = lane.waiting[:MAX_EVENTS], lane.waiting[MAX_EVENTS:]
+                try:
+                    results = await run_in_threadpool(
+                        self._write, self._context(scope), [e for e, _ in batch]
+                    )
+                except Exception as exc:  # the transaction failed: every event in it did
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            lane.writing = False
+            if not lane.waiting:
+                self._lanes.pop((loop, scope), None)
+
+    def _write(self, ctx: IngestContext, events: list[EventInput]) -> list[EventResult]:
+        with self._db.write() as session:
+            results = ingest(session, ctx, events, with_balance=True)
+            for i, result in enumerate(results):
+                if result.status == "duplicate":  # the balance as it is now
+                    org_id, _ = gate.resolve_organization(
+                        session, events[i].organization, ctx.caller_organization_id
+                    )
+                    results[i] = usage.with_balance(
+                        session, result, org_id, ctx.environment, ctx.now
+                    )
+        return results
