@@ -15,6 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from creditmeter.billing.payments import methods as payment_methods
+from creditmeter.billing.payments.provider import AttachedMethod
 from creditmeter.kit import clock
 from creditmeter.kit.db import Database
 from creditmeter.kit.ids import new_id
@@ -31,9 +33,15 @@ Headers = dict[str, str]
 ORG_SCOPES = ["org:admin", "org:read", "org:ingest"]
 
 GRANT = {"credits": "1000", "source": "adjustment", "reason": "take over"}
-#: Every endpoint of one organization: (method, path, JSON body). {org}, {key}, {txn}, {project} and
-#: {event} are filled with the target organization, one of its API keys, one of its journal
-#: transactions, one of its projects and one of its usage events.
+AUTO_TOP_UP = {
+    "enabled": True,
+    "threshold_credits": "10",
+    "package": "standard",
+    "monthly_limit_money": 100000,
+}
+#: Every endpoint of one organization: (method, path, JSON body). {org}, {key}, {txn}, {project},
+#: {event} and {method} are filled with the target organization, one of its API keys, one of its
+#: journal transactions, one of its projects, one of its usage events and one of its payment methods.
 ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/organizations/{org}", None),
     ("GET", "/v1/organizations/{org}/projects", None),
@@ -54,6 +62,15 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PUT", "/v1/organizations/{org}/subscription", {"plan": "standard"}),
     ("DELETE", "/v1/organizations/{org}/subscription", None),
     ("GET", "/v1/organizations/{org}/invoices", None),
+    ("GET", "/v1/organizations/{org}/payment-methods", None),
+    ("POST", "/v1/organizations/{org}/payment-methods", {"token": "tok_visa"}),
+    ("PATCH", "/v1/organizations/{org}/payment-methods/{method}", {"default": True}),
+    ("DELETE", "/v1/organizations/{org}/payment-methods/{method}", None),
+    ("GET", "/v1/organizations/{org}/payments", None),
+    ("GET", "/v1/organizations/{org}/purchases", None),
+    ("POST", "/v1/organizations/{org}/purchases", {"package": "standard"}),
+    ("GET", "/v1/organizations/{org}/auto-top-up", None),
+    ("PUT", "/v1/organizations/{org}/auto-top-up", AUTO_TOP_UP),
 ]
 
 
@@ -66,6 +83,7 @@ class Tenant:
     txn: str
     project: str
     event: str
+    method: str
 
 
 def ingest_context(caller_organization: str | None) -> IngestContext:
@@ -123,6 +141,8 @@ def tenant(
             ).transaction_id
             [used] = ingest(s, ingest_context(None), [usage_event(org, project)])
             assert (used.status, used.credits_micros) == ("applied", 5_000)
+            card = AttachedMethod(f"pm_sbx_{name.lower()}", "visa", "4242", 12, 2030)
+            method = payment_methods.record_method(s, org, "live", "sandbox", card, False, now)
         return Tenant(
             org,
             key.id,
@@ -131,6 +151,7 @@ def tenant(
             f"txn_{txn}",
             project,
             used.id,
+            method.id,
         )
 
     return _make
@@ -171,6 +192,7 @@ def call(
         txn=target.txn,
         project=target.project,
         event=target.event,
+        method=target.method,
     )
     extra = {"Idempotency-Key": "isolation-1"} if method == "POST" else {}
     return client.request(method, url, json=body, headers={**headers, **extra})
@@ -227,6 +249,7 @@ def test_the_matrix_covers_every_endpoint_of_an_organization(client: TestClient)
         "{transaction_id}": "{txn}",
         "{project_id}": "{project}",
         "{event_id}": "{event}",
+        "{method_id}": "{method}",
     }
     published = set()
     for path, operations in client.get("/openapi.json").json()["paths"].items():
@@ -340,6 +363,16 @@ ALLOWED = {  # (method, path) -> the status for org:admin, org:read, org:ingest
     ("PUT", "/v1/organizations/{org}/subscription"): (200, 403, 403),
     ("DELETE", "/v1/organizations/{org}/subscription"): (404, 403, 403),  # nothing to cancel
     ("GET", "/v1/organizations/{org}/invoices"): (200, 200, 403),
+    ("GET", "/v1/organizations/{org}/payment-methods"): (200, 200, 403),
+    ("POST", "/v1/organizations/{org}/payment-methods"): (201, 403, 403),
+    ("PATCH", "/v1/organizations/{org}/payment-methods/{method}"): (200, 403, 403),
+    ("DELETE", "/v1/organizations/{org}/payment-methods/{method}"): (200, 403, 403),
+    ("GET", "/v1/organizations/{org}/payments"): (200, 200, 403),
+    ("GET", "/v1/organizations/{org}/purchases"): (200, 200, 403),
+    # the tenant has no plan yet: no price per credit
+    ("POST", "/v1/organizations/{org}/purchases"): (409, 403, 403),
+    ("GET", "/v1/organizations/{org}/auto-top-up"): (404, 404, 403),  # none set up
+    ("PUT", "/v1/organizations/{org}/auto-top-up"): (409, 403, 403),  # no plan yet
 }
 
 
