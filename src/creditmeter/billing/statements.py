@@ -77,6 +77,7 @@ def finalize(session: Session, organization_id: str, environment: str, of: Perio
             UsageEvent.occurred_at < of.end,
             UsageEvent.reversed_at.is_(None),
         )
+        .execution_options(yield_per=5000)
     )
     events = 0
     for operation, project_id, credits_micros, quantities in rows:
