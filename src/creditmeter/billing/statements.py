@@ -70,7 +70,8 @@ def finalize(session: Session, organization_id: str, environment: str, of: Perio
             UsageEvent.project_id,
             UsageEvent.credits_micros,
             UsageEvent.quantities,
-        ).where(
+        )
+        .where(
             UsageEvent.organization_id == organization_id,
             UsageEvent.environment == environment,
             UsageEvent.occurred_at >= of.start,
