@@ -373,7 +373,7 @@ def test_a_rolled_back_invoice_gives_its_number_back(db: Database, make_org: Mak
     for org in (first, second):
         subscribe(db, org, "standard", utc(2026, 11, 1))
 
-    def crash_in_invoice(session: Any, invoice: Invoice, now: datetime) -> None:
+    def crash_in_invoice(db: Database, invoice_id: str, now: datetime) -> None:
         raise RuntimeError("card network down")
 
     # The charge step fails after the invoice committed: its number stays taken.
@@ -447,3 +447,34 @@ def test_the_migration_matches_the_cycle_and_invoice_models(db: Database) -> Non
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert [d for d in diff if any(name in repr(d) for name in mine)] == []
+
+
+def test_the_charge_hook_gets_each_open_invoice_outside_any_transaction(
+    db: Database, make_org: MakeOrg
+) -> None:
+    paying, free = make_org("Paying"), make_org("Free")
+    subscribe(db, paying, "standard", utc(2026, 1, 1))
+    subscribe(db, free, "enterprise", utc(2026, 1, 1), allocation_micros=10 * C)
+    with db.write() as session:  # a contract without a fee: its invoice has nothing to pay
+        sub = session.scalars(
+            select(Subscription).where(Subscription.organization_id == free)
+        ).one()
+        sub.terms = {**sub.terms, "monthly_fee_minor": 0}
+        for row in session.scalars(
+            select(PlanAllocation).where(PlanAllocation.organization_id == free)
+        ):
+            row.fee_minor = 0
+    calls: list[tuple[str, str]] = []
+
+    def charge(database: Database, invoice_id: str, now: datetime) -> None:
+        with database.read() as session:  # the close's writes are committed and visible
+            invoice = session.get(Invoice, invoice_id)
+            assert invoice is not None
+            calls.append((invoice.organization_id, invoice.status))
+
+    close(db, utc(2026, 2, 1), charge=charge)
+    assert calls == [(paying, "open")]
+    [free_invoice] = invoices_of(db, free)
+    assert (free_invoice["total"], free_invoice["status"]) == (0, "paid")
+    close(db, utc(2026, 2, 1, 1), charge=charge)
+    assert calls == [(paying, "open")]  # a closed month is not charged again

@@ -12,7 +12,10 @@ any step and a rerun equal one clean close, and running it twice equals once:
 3. ``allocation``: apply a pending downgrade or cancellation, then allocate the new month's plan lot
    with its expiry from the plan (``subscriptions.renew``, which never allocates a cycle twice).
 4. ``invoice``: issue the invoice of the closed month (``invoices.issue``), dated the boundary.
-5. ``charge``: hand an open invoice to the payment hook (``invoices.charge``).
+5. ``charge``: hand an open invoice to the payment hook (``invoices.charge``), outside any
+   transaction (a processor is never called while a lock is held), then record the step. A crash
+   between the two calls the hook again on the rerun: it charges with the invoice id as the
+   idempotency key, so the card is charged once.
 
 Every ledger write of a close is made *as of the boundary* (expiry, allocation, overage), not as of the
 moment the close runs, so a close that runs late, or a catch-up after downtime that crosses several
@@ -45,8 +48,9 @@ log = logging.getLogger("creditmeter.billing.cycle")
 STEPS = ("statement", "expiry", "allocation", "invoice", "charge")
 _ORDER = {name: i for i, name in enumerate(("started", *STEPS))}
 
-#: Charges an open invoice (payments plug in here); called in the charge step's transaction.
-Charge = Callable[[Session, Invoice, datetime], None]
+#: Charges an open invoice (payments plug in here): ``(db, invoice_id, now)``, called outside any
+#: transaction; it commits what it records itself and must be idempotent by the invoice id.
+Charge = Callable[[Database, str, datetime], None]
 
 
 @dataclass(frozen=True, order=True)
@@ -162,8 +166,10 @@ def close(
     result = CloseResult(item)
     try:
         for step in STEPS:
+            if step == "charge":
+                _charge(db, item, now, charge)
             with db.write() as session:
-                if run_step(session, catalog, item, step, now, charge):
+                if run_step(session, catalog, item, step, now):
                     result.steps_run.append(step)
             if after_step:
                 after_step(item, step)
@@ -181,11 +187,24 @@ def close(
     return result
 
 
-def run_step(
-    session: Session, catalog: Catalog, item: Due, step: str, now: datetime, charge: Charge
-) -> bool:
+def _charge(db: Database, item: Due, now: datetime, charge: Charge) -> None:
+    """Call the payment hook for the close's invoice if it is open and the charge step is not
+    recorded yet."""
+    with db.read() as session:
+        record = _record_of(session, item)
+        if record is None or _ORDER[record.step] >= _ORDER["charge"] or not record.invoice_id:
+            return
+        invoice = session.get(Invoice, record.invoice_id)
+        if invoice is None or invoice.status != invoices.OPEN:
+            return
+        invoice_id = invoice.id
+    charge(db, invoice_id, now)
+
+
+def run_step(session: Session, catalog: Catalog, item: Due, step: str, now: datetime) -> bool:
     """Run ``step`` of the close unless it was already recorded; record it. Never commits.
-    Returns whether the step ran."""
+    Returns whether the step ran. (The charge itself happens before the ``charge`` step is
+    recorded, outside the transaction: see ``close``.)"""
     org, env, boundary = item.organization_id, item.environment, item.period.end
     expired: list[tuple[str, str, int]] = []
     if step == "expiry":  # before the balance lock: expire_due locks in its own (id) order
@@ -208,9 +227,6 @@ def run_step(
     elif step == "invoice":
         record.invoice_id = invoices.issue(session, catalog, sub, record, item.period, now).id
     else:
-        invoice = session.get(Invoice, record.invoice_id) if record.invoice_id else None
-        if invoice is not None and invoice.status == invoices.OPEN:
-            charge(session, invoice, now)
         record.completed_at = now
     record.step = step
     record.updated_at = now

@@ -40,6 +40,7 @@ from creditmeter.billing.models import (
 )
 from creditmeter.errors import NotFound
 from creditmeter.kit.credits import format_credits
+from creditmeter.kit.db import Database
 from creditmeter.kit.ids import new_id
 from creditmeter.kit.pagination import decode_cursor
 from creditmeter.orgs import service as orgs
@@ -193,10 +194,12 @@ def next_number(session: Session, series: str) -> int:
     return int(number)
 
 
-def charge(session: Session, invoice: Invoice, now: datetime) -> None:
-    """The cycle close's charge step. HOOK for payments: charge the organization's default payment
-    method for ``invoice.total_minor`` with the invoice id as the idempotency key, and on failure
-    start dunning. Until payments exist an open invoice stays open."""
+def charge(db: Database, invoice_id: str, now: datetime) -> None:
+    """The cycle close's charge step, called outside any transaction for an open invoice. HOOK for
+    payments: charge the organization's default payment method for the invoice's total with the
+    invoice id as the idempotency key (a rerun after a crash calls it again), record the payment
+    and mark the invoice paid, or start dunning on a failure. Until then an open invoice stays
+    open."""
 
 
 def get(session: Session, invoice_id: str) -> InvoiceView:
