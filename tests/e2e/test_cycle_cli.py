@@ -95,6 +95,21 @@ def test_bad_input_exits_2_and_closes_nothing(
     assert count(db, CycleClose) == 0
 
 
+def test_an_unknown_organization_exits_3(
+    cli: Callable[..., Any], db: Database, make_org: Callable[..., str]
+) -> None:
+    org = make_org("Acme", "acme-ext")
+    subscribe(db, org)
+    with clock.frozen_at(utc(2026, 2, 1, 1)):
+        missing = cli("cycle", "run", "--org", "org_nope")
+        assert missing.exit_code == 3, missing.output
+        assert "not found" in missing.output
+        assert count(db, CycleClose) == 0
+        by_external_id = cli("cycle", "run", "--org", "acme-ext")
+    assert by_external_id.exit_code == 0, by_external_id.output
+    assert count(db, Invoice) == 1
+
+
 def test_the_help_explains_the_command(cli: Callable[..., Any]) -> None:
     result = cli("cycle", "run", "--help")
     assert result.exit_code == 0

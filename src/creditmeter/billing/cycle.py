@@ -164,6 +164,7 @@ def close(
     """Run (or resume) one close, one transaction per step. Never raises: a failure is logged and
     returned in the result; a rerun resumes at the first step not recorded."""
     result = CloseResult(item)
+    step = STEPS[0]
     try:
         for step in STEPS:
             if step == "charge":
@@ -178,10 +179,11 @@ def close(
     except Exception as exc:  # a batch job reports every failure and goes on with the others
         detail = exc.detail if isinstance(exc, CreditmeterError) else f"{type(exc).__name__}: {exc}"
         log.exception(
-            "cycle close of %s (%s) for %s failed at a step; it resumes at the next run",
+            "cycle close of %s (%s) for %s failed at the %s step; it resumes there at the next run",
             item.organization_id,
             item.environment,
             item.period.label,
+            step,
         )
         result.error = detail
     return result

@@ -13,9 +13,11 @@ from rich.table import Table
 from creditmeter.billing import cycle, domain
 from creditmeter.billing.plans import PlansError, load_catalog
 from creditmeter.config import Settings
+from creditmeter.errors import CreditmeterError
 from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
 from creditmeter.kit.db import Database
+from creditmeter.orgs import service as orgs
 
 cycle_app = typer.Typer(
     help="The monthly billing cycle: close each month for every subscribed organization.",
@@ -58,7 +60,7 @@ def run(
     ] = None,
     org: Annotated[
         str | None,
-        typer.Option("--org", metavar="ID", help="Only this organization (its id)."),
+        typer.Option("--org", metavar="ID", help="Only this organization (its id or external id)."),
     ] = None,
 ) -> None:
     """Run every cycle close that is due, boundary by boundary, oldest first.
@@ -76,7 +78,14 @@ def run(
         raise typer.Exit(2) from exc
     db = Database(settings.database_url)
     with db.read() as session:
-        work = cycle.due(session, catalog, moment, org)
+        org_id = None
+        if org is not None:
+            try:
+                org_id = orgs.resolve_organization(session, org).id
+            except CreditmeterError as exc:
+                err.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
+                raise typer.Exit(3) from exc
+        work = cycle.due(session, catalog, moment, org_id)
     if not work:
         out.print(f"nothing to close as of {moment:%Y-%m-%dT%H:%M:%SZ}")
         return
