@@ -478,3 +478,21 @@ def test_the_charge_hook_gets_each_open_invoice_outside_any_transaction(
     assert (free_invoice["total"], free_invoice["status"]) == (0, "paid")
     close(db, utc(2026, 2, 1, 1), charge=charge)
     assert calls == [(paying, "open")]  # a closed month is not charged again
+
+
+def test_four_runners_closing_the_same_months_at_once_close_them_once(
+    db: Database, make_org: MakeOrg
+) -> None:
+    """The worker of every server and an operator's `cycle run` may overlap: every step takes the
+    organization's lock and finds it recorded, so each month is closed, allocated and billed once."""
+    reference, raced = make_org("Reference"), make_org("Raced")
+    for org in (reference, raced):
+        subscribe(db, org, "professional", utc(2026, 1, 10))
+        spend(db, org, 700, utc(2026, 1, 20))
+    close(db, utc(2026, 3, 1), reference)
+    batches = in_parallel(
+        [lambda: cycle.run_due(db, utc(2026, 3, 1), raced, catalog=CATALOG) for _ in range(4)]
+    )
+    assert all(r.ok for batch in batches for r in batch)
+    assert_clean(db)
+    assert state(db, raced) == state(db, reference)
