@@ -171,7 +171,7 @@ def test_a_standard_organizations_unused_january_credits_are_gone_on_february_1(
     assert invoice["issued"] == utc(2026, 2, 1)
     assert invoice["due"] == utc(2026, 2, 15)
     assert invoice["lines"] == [
-        (1, "plan_fee", "Standard plan, January 2026: 1000 credits", 4900, 1000 * C)
+        (1, "plan_fee", "Standard plan, January 2026: 1,000 credits", 4900, 1000 * C)
     ]
     assert result.invoice_number == "INV-2026-000001"
     # Twice is once.

@@ -77,6 +77,12 @@ def test_invoice_numbers_run_per_year_and_environment() -> None:
         domain.invoice_number("INV-2026", 0)
 
 
+def test_digits_are_grouped_exactly() -> None:
+    assert domain.group_digits("1234567.000001") == "1,234,567.000001"
+    assert domain.group_digits("-1000") == "-1,000"
+    assert domain.group_digits("0.5") == "0.5"
+
+
 def test_allocation_lines_say_what_and_when() -> None:
     january = domain.period(2026, 1, UTC)
     assert domain.allocation_line_kind(Share(10, 10)) == "plan_fee"

@@ -481,6 +481,13 @@ _MONTH_NAMES = [
 ]
 
 
+def group_digits(decimal_text: str) -> str:
+    """``"1234567.5"`` -> ``"1,234,567.5"`` (thousands separators for people; exact digits kept)."""
+    sign = "-" if decimal_text.startswith("-") else ""
+    whole, dot, frac = decimal_text.lstrip("-").partition(".")
+    return f"{sign}{int(whole):,}{dot}{frac}"
+
+
 def month_name(of: Period) -> str:
     """``"January 2026"``."""
     return f"{_MONTH_NAMES[of.month - 1]} {of.year}"

@@ -146,7 +146,7 @@ def _allocation_lines(
                 "description": domain.describe_allocation(
                     row.kind, plan_name, allocated_for, start, catalog.zone
                 )
-                + f": {format_credits(row.credits_micros)} credits",
+                + f": {domain.group_digits(format_credits(row.credits_micros))} credits",
                 "quantity": "1",
                 "unit_price": domain.format_money(row.fee_minor, row.currency),
                 "amount_minor": row.fee_minor,

@@ -94,8 +94,7 @@ def _money(amount_minor: int, currency: str) -> str:
 
 
 def _credits(micros: int) -> str:
-    whole, _, frac = format_credits(micros).partition(".")
-    return f"{int(whole):,}" + (f".{frac}" if frac else "")
+    return domain.group_digits(format_credits(micros))
 
 
 def _quantities(values: dict[str, str]) -> str:
@@ -177,7 +176,7 @@ def _block(
     pdf.font(8, bold=True, color=_MUTED)
     pdf.cell(w, 5, title.upper(), new_x="LEFT", new_y="NEXT")
     pdf.font(10.5, bold=True)
-    pdf.multi_cell(w - 4, 5, pdf.text_of(name), new_x="LEFT", new_y="NEXT")
+    pdf.multi_cell(w - 4, 5, pdf.text_of(name), align="L", new_x="LEFT", new_y="NEXT")
     pdf.font(9)
     for line in lines:
         if line:
