@@ -2,15 +2,19 @@
 
 An operator key reads every invoice; an org:admin or org:read key reads its own organization's
 invoices in its own environment. Any other invoice is the same 404 as one that does not exist.
+An operator or an org:admin key may pay an open or past-due invoice now (``POST …/pay``): the
+handler is a plain ``def`` because it calls the payment processor, with no transaction open.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy.orm import Session
 
 from creditmeter.api.deps import (
+    ADMIN_SCOPES,
     DB,
     READ_SCOPES,
     Caller,
@@ -18,13 +22,21 @@ from creditmeter.api.deps import (
     Limit,
     authorize_org,
     environment_for,
+    json_body,
 )
 from creditmeter.api.routes_billing import Env, Plans
-from creditmeter.api.schemas_invoices import InvoiceOut, InvoicePage, InvoiceSummaryOut
-from creditmeter.billing import domain, invoices, pdf, statements
+from creditmeter.api.routes_payments import Provider
+from creditmeter.api.schemas_invoices import (
+    InvoiceOut,
+    InvoicePage,
+    InvoicePayIn,
+    InvoiceSummaryOut,
+)
+from creditmeter.billing import domain, dunning, invoices, pdf, statements
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.invoices import InvoiceNotFound, InvoiceView
 from creditmeter.billing.models import Invoice
+from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
 from creditmeter.kit.pagination import DEFAULT_LIMIT, encode_cursor
 from creditmeter.orgs.service import Principal
@@ -61,9 +73,15 @@ def summary_json(inv: Invoice, catalog: Catalog) -> dict[str, Any]:
     }
 
 
-def invoice_json(view: InvoiceView, catalog: Catalog) -> dict[str, Any]:
+def invoice_json(
+    view: InvoiceView, catalog: Catalog, session: Session | None = None
+) -> dict[str, Any]:
     inv = view.invoice
     body = summary_json(inv, catalog)
+    if session is not None:
+        body["payment_attempts"], body["next_payment_attempt_at"] = dunning.schedule_of(
+            session, inv
+        )
     body["seller"] = inv.seller
     body["customer"] = inv.customer
     body["lines"] = [
@@ -132,13 +150,13 @@ def list_invoices(
     }
 
 
-def _readable(caller: Principal, view: InvoiceView) -> None:
+def _readable(caller: Principal, view: InvoiceView, scopes: frozenset[str] = READ_SCOPES) -> None:
     inv = view.invoice
     if not caller.is_operator and (
         caller.organization_id != inv.organization_id or caller.environment != inv.environment
     ):
         raise InvoiceNotFound(f"invoice {inv.id} not found")
-    authorize_org(caller, inv.organization_id, READ_SCOPES)
+    authorize_org(caller, inv.organization_id, scopes)
 
 
 @router.get("/v1/invoices/{invoice_id}", response_model=InvoiceOut)
@@ -147,7 +165,36 @@ def get_invoice(invoice_id: str, caller: Caller, db: DB, catalog: Plans) -> Any:
     with db.read() as session:
         view = invoices.get(session, invoice_id)
         _readable(caller, view)
-        return invoice_json(view, catalog)
+        return invoice_json(view, catalog, session)
+
+
+@router.post(
+    "/v1/invoices/{invoice_id}/pay",
+    response_model=InvoiceOut,
+    dependencies=[Depends(json_body)],
+    responses={
+        402: {"description": "Declined: the processor's reason is the problem's code."},
+        409: {"description": "The invoice is already paid (invoice_paid) or void (invoice_void)."},
+    },
+)
+def pay_invoice(
+    invoice_id: str,
+    caller: Caller,
+    db: DB,
+    catalog: Plans,
+    provider: Provider,
+    body: InvoicePayIn | None = None,
+) -> Any:
+    """Charge an open or past-due invoice now, with the named payment method or the default one.
+    Paid: the invoice is returned, and a suspended organization with no other past-due invoice is
+    active again. A decline is a 402 with the processor's reason (the attempt is in the billing
+    history). An operator key, or an org:admin key of the invoice's organization."""
+    with db.read() as session:
+        _readable(caller, invoices.get(session, invoice_id), ADMIN_SCOPES)
+    method = body.payment_method if body else None
+    dunning.pay(db, provider, invoice_id, method, clock.now())
+    with db.read() as session:
+        return invoice_json(invoices.get(session, invoice_id), catalog, session)
 
 
 @router.get(

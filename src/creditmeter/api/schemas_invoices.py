@@ -4,10 +4,11 @@ quantities are exact decimal strings."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
+from creditmeter.api.schemas import Request
 from creditmeter.api.schemas_billing import Money
 
 
@@ -86,6 +87,20 @@ class InvoiceOut(InvoiceSummaryOut):
     customer: Customer
     lines: list[InvoiceLineOut]
     usage_summary: UsageSummary
+    payment_attempts: int = Field(
+        default=0, description="Charges tried so far (each is a line of the billing history)."
+    )
+    next_payment_attempt_at: datetime | None = Field(
+        default=None,
+        description="When the next automatic charge (dunning retry) is due; None when the invoice "
+        "is not open or no retry is left.",
+    )
+
+
+class InvoicePayIn(Request):
+    payment_method: Annotated[str, StringConstraints(min_length=1, max_length=40)] | None = Field(
+        default=None, description="A payment method id; default: the organization's default."
+    )
 
 
 class InvoicePage(BaseModel):

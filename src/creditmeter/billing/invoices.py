@@ -10,7 +10,7 @@
   transaction, near its end. A rollback gives the number back; the row lock makes concurrent
   invoices take consecutive numbers.
 - **Status**: ``open`` until paid; an invoice with nothing to pay is ``paid`` when issued.
-  ``past_due`` and ``void`` are set by payments and dunning.
+  ``paid`` after a charge and ``past_due`` after the last retry are set by ``billing.dunning``.
 - An invoice is never edited after it is issued (only its status changes); a later correction is a
   credit note against it.
 
@@ -195,11 +195,17 @@ def next_number(session: Session, series: str) -> int:
 
 
 def charge(db: Database, invoice_id: str, now: datetime) -> None:
-    """The cycle close's charge step, called outside any transaction for an open invoice. HOOK for
-    payments: charge the organization's default payment method for the invoice's total with the
-    invoice id as the idempotency key (a rerun after a crash calls it again), record the payment
-    and mark the invoice paid, or start dunning on a failure. Until then an open invoice stays
-    open."""
+    """The cycle close's charge step (its default hook), called outside any transaction for an open
+    invoice: attempt 1 with the default payment method through the provider configured in the
+    environment (``CREDITMETER_PAYMENT_PROVIDER``), idempotent by the invoice id (see
+    ``billing.dunning``). The worker passes its own provider (``dunning.charger``)."""
+    from creditmeter.billing import dunning
+    from creditmeter.billing.payments import build_provider
+    from creditmeter.config import Settings
+
+    settings = Settings.from_env()
+    provider = build_provider(settings.payment_provider, db, settings.stripe_secret_key)
+    dunning.charge_at_close(db, provider, invoice_id, now)
 
 
 def get(session: Session, invoice_id: str) -> InvoiceView:

@@ -99,6 +99,36 @@ def get_organization(session: Session, org_id: str) -> Organization:
     return org
 
 
+#: An organization's status: ``active``, or ``suspended`` (billing suspended it: the gate refuses
+#: every operation with ``organization_suspended`` until it is active again).
+ACTIVE, SUSPENDED = "active", "suspended"
+STATUSES = (ACTIVE, SUSPENDED)
+
+
+def lock_organization(session: Session, org_id: str) -> Organization:
+    """The organization's row, locked until the caller's transaction ends (serializes changes of
+    its status). 404 when it does not exist."""
+    org = session.scalars(
+        select(Organization).where(Organization.id == org_id).with_for_update()
+    ).first()
+    if org is None:
+        raise NotFound(f"organization {org_id} not found")
+    return org
+
+
+def set_status(session: Session, org_id: str, status: str) -> bool:
+    """Set the organization's status (``active`` or ``suspended``); returns whether it changed.
+    The gate reads the row itself, so the change is in force when the caller commits."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown organization status {status!r}")
+    org = lock_organization(session, org_id)
+    if org.status == status:
+        return False
+    org.status = status
+    session.flush()
+    return True
+
+
 def resolve_organization(session: Session, ref: str) -> Organization:
     """Find an organization by its id or its external id."""
     if "\x00" in ref:

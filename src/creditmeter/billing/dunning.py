@@ -1,0 +1,426 @@
+"""Charging invoices and dunning: an open invoice is charged at the cycle close, retried 1, 3 and 5
+days after its first failure, then past due, and the organization is suspended until it is paid.
+
+- **Attempts.** Every attempt to charge an invoice is one ``payments`` row (purpose ``invoice``,
+  reference the invoice) with the processor's outcome, or ``no_payment_method`` when the
+  organization had none: the billing history shows each one and why it failed. Attempt ``n`` of an
+  invoice is charged with ``invoice:<id>:<n>`` as the processor's idempotency key; ``n`` is the
+  number of attempts recorded + 1, read before the invoice's status, so two runners racing on the
+  same invoice send the same key and the processor charges once.
+- **No lock across the network.** Each attempt reads (one transaction), calls the processor (no
+  transaction), then records (one write transaction that locks the organization's row, records
+  the payment under its unique key and moves the invoice and the organization). A crash between
+  the call and the record leaves nothing recorded: the next run repeats attempt ``n`` with the same
+  key and the processor returns the first outcome.
+- **At the close** (``charge_at_close``, the cycle close's charge hook): attempt 1, once; a rerun
+  of the close finds it recorded and charges nothing.
+- **The schedule** (``next_attempt_at``) is anchored on the first failure: retries are due at +1,
+  +3 and +5 days; a retry is skipped if an attempt (e.g. ``POST /v1/invoices/{id}/pay``) was made
+  since it came due. A failure at or after the last retry's time makes the invoice ``past_due`` and
+  suspends the organization. A worker that was down runs one late attempt, not a burst.
+- **Resuming.** A paid invoice is ``paid`` with ``paid_at``; when the organization has no
+  ``past_due`` invoice left (in any environment) a billing suspension ends by itself: its status
+  is ``active`` again in the same transaction.
+
+A suspension is organization-wide (the gate reads one status): a past-due ``test`` invoice
+suspends the organization too, which is what a rehearsal of dunning should show.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from creditmeter.billing import invoices
+from creditmeter.billing.models import Invoice
+from creditmeter.billing.payments import history
+from creditmeter.billing.payments import methods as payment_methods
+from creditmeter.billing.payments.models import Payment, PaymentCustomer, PaymentMethod
+from creditmeter.billing.payments.provider import ChargeResult, PaymentError, PaymentProvider
+from creditmeter.errors import Conflict, InvalidRequest
+from creditmeter.kit.db import Database
+from creditmeter.orgs import service as orgs
+
+log = logging.getLogger("creditmeter.billing.dunning")
+
+#: Days after the first failed attempt at which an invoice is charged again.
+RETRY_DAYS = (1, 3, 5)
+NO_PAYMENT_METHOD = "no_payment_method"
+PURPOSE = "invoice"
+
+
+class InvoiceNotPayable(Conflict):
+    code = "invoice_not_payable"
+
+
+@dataclass(frozen=True)
+class History:
+    """What the billing history says of an invoice's attempts."""
+
+    attempts: int = 0
+    first_failure_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one attempt: the payment recorded and the invoice's status after it."""
+
+    invoice_id: str
+    number: int
+    payment: Payment
+    invoice_status: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.payment.status == "succeeded"
+
+
+# --- the schedule (pure) ----------------------------------------------------------------------
+
+
+def next_attempt_at(past: History) -> datetime | None:
+    """When an open invoice is next charged: at once if it never was (None is returned only when
+    nothing is left to try); else the first scheduled retry (first failure + 1, 3, 5 days) later
+    than the last attempt."""
+    if past.first_failure_at is None or past.last_attempt_at is None:
+        return None
+    for days in RETRY_DAYS:
+        at = past.first_failure_at + timedelta(days=days)
+        if at > past.last_attempt_at:
+            return at
+    return None
+
+
+def is_due(past: History, now: datetime) -> bool:
+    """Whether the worker should charge an open invoice with this history at ``now``."""
+    if past.attempts == 0:
+        return True
+    at = next_attempt_at(past)
+    return at is not None and at <= now
+
+
+def exhausted(past: History) -> bool:
+    """Whether the last scheduled retry has come and gone (a failure now makes it past due)."""
+    if past.first_failure_at is None or past.last_attempt_at is None:
+        return False
+    return past.last_attempt_at >= past.first_failure_at + timedelta(days=RETRY_DAYS[-1])
+
+
+def charge_key(invoice_id: str, attempt: int) -> str:
+    """The processor's idempotency key of attempt ``attempt`` (1, 2, …) at an invoice."""
+    return f"invoice:{invoice_id}:{attempt}"
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def history_of(session: Session, invoice_id: str) -> History:
+    row = session.execute(
+        select(
+            func.count(Payment.id),
+            func.min(Payment.created_at).filter(Payment.status == "failed"),
+            func.max(Payment.created_at),
+        ).where(
+            Payment.purpose == PURPOSE,
+            Payment.kind == "charge",
+            Payment.reference_id == invoice_id,
+        )
+    ).one()
+    return History(int(row[0] or 0), row[1], row[2])
+
+
+def schedule_of(session: Session, invoice: Invoice) -> tuple[int, datetime | None]:
+    """(attempts made, when the next automatic attempt is due) of an invoice, for the API."""
+    past = history_of(session, invoice.id)
+    if invoice.status != invoices.OPEN:
+        return past.attempts, None
+    return past.attempts, (invoice.issued_at if past.attempts == 0 else next_attempt_at(past))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What an attempt will send to the processor, read before calling it."""
+
+    invoice_id: str
+    number: int
+    amount_minor: int
+    currency: str
+    description: str
+    method_id: str | None
+    token: str | None
+    customer_id: str
+
+
+def _plan(
+    session: Session, invoice_id: str, method_id: str | None, *, explicit: bool
+) -> _Plan | None:
+    """The next attempt at an open or past-due invoice, or None if it has nothing to charge. The
+    attempts are counted *before* the status is read (see the module note)."""
+    attempts = history_of(session, invoice_id).attempts
+    invoice = session.get(Invoice, invoice_id)
+    if invoice is None or invoice.status not in {invoices.OPEN, invoices.PAST_DUE}:
+        return None
+    method = _method(session, invoice, method_id, explicit=explicit)
+    customer = None
+    if method is not None:
+        customer = session.scalar(
+            select(PaymentCustomer.provider_customer_id).where(
+                PaymentCustomer.organization_id == invoice.organization_id,
+                PaymentCustomer.environment == invoice.environment,
+                PaymentCustomer.provider == method.provider,
+            )
+        )
+    return _Plan(
+        invoice.id,
+        attempts + 1,
+        invoice.total_minor,
+        invoice.currency,
+        f"creditmeter invoice {invoice.number}",
+        method.id if method else None,
+        method.token if method else None,
+        customer or "",
+    )
+
+
+def _method(
+    session: Session, invoice: Invoice, method_id: str | None, *, explicit: bool
+) -> PaymentMethod | None:
+    org, env = invoice.organization_id, invoice.environment
+    if method_id is not None:
+        try:
+            return payment_methods.get_method(session, org, env, method_id)
+        except payment_methods.PaymentMethodNotFound:
+            raise _invalid(
+                "unknown_payment_method",
+                "no attached payment method of this organization has this id",
+            ) from None
+    method = payment_methods.default_method(session, org, env)
+    if method is None and explicit:
+        raise _invalid(
+            "payment_method_required",
+            "the organization has no payment method; add one (POST …/payment-methods) or name one",
+        )
+    return method
+
+
+def _invalid(code: str, message: str) -> InvalidRequest:
+    return InvalidRequest(
+        message, code=code, errors=[{"field": "payment_method", "type": code, "message": message}]
+    )
+
+
+# --- one attempt ------------------------------------------------------------------------------
+
+
+def _attempt(db: Database, provider: PaymentProvider, plan: _Plan, now: datetime) -> Attempt:
+    key = charge_key(plan.invoice_id, plan.number)
+    if plan.token is None:
+        result = ChargeResult(
+            "failed",
+            plan.amount_minor,
+            plan.currency,
+            None,
+            NO_PAYMENT_METHOD,
+            "the organization has no payment method to charge",
+        )
+    else:
+        result = provider.charge(
+            plan.amount_minor, plan.currency, plan.customer_id, plan.token, key, plan.description
+        )
+    try:
+        with db.write() as session:
+            return record(session, plan, result, provider.name, now)
+    except IntegrityError:  # a concurrent twin recorded this attempt first
+        with db.read() as session:
+            return _recorded(session, plan, key)
+
+
+def _recorded(session: Session, plan: _Plan, key: str) -> Attempt:
+    payment = history.by_key(session, key)
+    invoice = session.get(Invoice, plan.invoice_id)
+    assert payment is not None
+    assert invoice is not None
+    return Attempt(plan.invoice_id, plan.number, payment, invoice.status)
+
+
+def record(
+    session: Session, plan: _Plan, result: ChargeResult, provider_name: str, now: datetime
+) -> Attempt:
+    """Record an attempt's outcome and move the invoice and the organization (never commits)."""
+    invoice = session.get(Invoice, plan.invoice_id)
+    assert invoice is not None
+    orgs.lock_organization(session, invoice.organization_id)
+    session.refresh(invoice)
+    key = charge_key(plan.invoice_id, plan.number)
+    if history.by_key(session, key) is not None:
+        return _recorded(session, plan, key)
+    payment = history.record(
+        session,
+        organization_id=invoice.organization_id,
+        environment=invoice.environment,
+        kind="charge",
+        purpose=PURPOSE,
+        reference_id=invoice.id,
+        payment_method_id=plan.method_id,
+        result=result,
+        provider=provider_name,
+        idempotency_key=key,
+        now=now,
+    )
+    if result.succeeded:
+        _paid(session, invoice, payment, now)
+    elif invoice.status == invoices.OPEN and exhausted(history_of(session, invoice.id)):
+        invoice.status = invoices.PAST_DUE
+        invoice.updated_at = now
+        session.flush()
+        if orgs.set_status(session, invoice.organization_id, orgs.SUSPENDED):
+            log.warning(
+                "organization %s suspended: invoice %s is past due (%s)",
+                invoice.organization_id,
+                invoice.number,
+                result.failure_code,
+            )
+    return Attempt(invoice.id, plan.number, payment, invoice.status)
+
+
+def _paid(session: Session, invoice: Invoice, payment: Payment, now: datetime) -> None:
+    if invoice.status not in {invoices.OPEN, invoices.PAST_DUE}:
+        log.error(  # the keys make this unreachable; the money is recorded, never hidden
+            "invoice %s was %s when charge %s succeeded: refund it", invoice.number,
+            invoice.status, payment.id,
+        )  # fmt: skip
+        return
+    invoice.status = invoices.PAID
+    invoice.paid_at = now
+    invoice.updated_at = now
+    session.flush()
+    resume_if_clear(session, invoice.organization_id)
+
+
+def resume_if_clear(session: Session, organization_id: str) -> bool:
+    """End a billing suspension when no past-due invoice of the organization is left (call it
+    under the organization's lock, e.g. after voiding one). Returns whether it resumed."""
+    left = session.scalar(
+        select(func.count(Invoice.id)).where(
+            Invoice.organization_id == organization_id, Invoice.status == invoices.PAST_DUE
+        )
+    )
+    if left:
+        return False
+    resumed = orgs.set_status(session, organization_id, orgs.ACTIVE)
+    if resumed:
+        log.info("organization %s resumed: no invoice is past due", organization_id)
+    return resumed
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def charge_at_close(
+    db: Database, provider: PaymentProvider, invoice_id: str, now: datetime
+) -> Attempt | None:
+    """The cycle close's charge: attempt 1 at an open invoice, with the default payment method.
+    Idempotent by the invoice: once an attempt is recorded, a rerun of the close charges nothing."""
+    with db.read() as session:
+        if history_of(session, invoice_id).attempts:
+            return None
+        plan = _plan(session, invoice_id, None, explicit=False)
+    if plan is None or plan.number != 1:
+        return None
+    return _attempt(db, provider, plan, now)
+
+
+def charger(provider: PaymentProvider) -> Callable[[Database, str, datetime], None]:
+    """The cycle close's charge hook (``cycle.Charge``) bound to ``provider``."""
+
+    def charge(db: Database, invoice_id: str, now: datetime) -> None:
+        charge_at_close(db, provider, invoice_id, now)
+
+    return charge
+
+
+def pay(
+    db: Database,
+    provider: PaymentProvider,
+    invoice_id: str,
+    payment_method_id: str | None,
+    now: datetime,
+) -> Attempt:
+    """Charge an open or past-due invoice now (``POST /v1/invoices/{id}/pay``) with the named or
+    the default payment method. 409 when it is paid or void; 422 without a payment method;
+    402 with the processor's reason on a decline (the attempt is recorded)."""
+    with db.read() as session:
+        invoice = invoices.get(session, invoice_id).invoice
+        if invoice.status in {invoices.PAID, invoices.VOID}:
+            raise InvoiceNotPayable(
+                f"invoice {invoice.number} is {invoice.status}: there is nothing to pay",
+                code=f"invoice_{invoice.status}",
+            )
+        plan = _plan(session, invoice_id, payment_method_id, explicit=True)
+    if plan is None:  # paid or voided meanwhile
+        return pay(db, provider, invoice_id, payment_method_id, now)
+    attempt = _attempt(db, provider, plan, now)
+    if not attempt.succeeded:
+        raise declined(attempt)
+    return attempt
+
+
+def declined(attempt: Attempt) -> PaymentError:
+    code = attempt.payment.failure_code or "payment_failed"
+    message = attempt.payment.failure_message or "the payment failed"
+    return PaymentError(
+        f"the payment was declined: {message} ({code}); invoice {attempt.invoice_id} is still "
+        f"{attempt.invoice_status}. Use another payment method",
+        code=code,
+        errors=[{"field": "payment_method", "type": code, "message": message}],
+    )
+
+
+def run_due(db: Database, provider: PaymentProvider, now: datetime) -> list[Attempt]:
+    """The worker step: one attempt at every open invoice whose next attempt is due at ``now``
+    (never charged yet, or a scheduled retry). An invoice that fails to run is logged and retried
+    at the next tick; the others go on."""
+    made = []
+    for invoice_id in due(db, now):
+        try:
+            with db.read() as session:
+                if not is_due(history_of(session, invoice_id), now):
+                    continue
+                plan = _plan(session, invoice_id, None, explicit=False)
+            if plan is None:
+                continue
+            made.append(_attempt(db, provider, plan, now))
+        except Exception:  # a batch job reports every failure and goes on with the others
+            log.exception("charging invoice %s failed; retrying at the next tick", invoice_id)
+    return made
+
+
+def due(db: Database, now: datetime) -> Sequence[str]:
+    """The open invoices issued by ``now`` whose next attempt is due, oldest first."""
+    attempts = (
+        select(
+            Payment.reference_id.label("invoice_id"),
+            func.count(Payment.id).label("n"),
+            func.min(Payment.created_at).filter(Payment.status == "failed").label("first"),
+            func.max(Payment.created_at).label("last"),
+        )
+        .where(Payment.purpose == PURPOSE, Payment.kind == "charge")
+        .group_by(Payment.reference_id)
+        .subquery()
+    )
+    query = (
+        select(Invoice.id, attempts.c.n, attempts.c.first, attempts.c.last)
+        .outerjoin(attempts, attempts.c.invoice_id == Invoice.id)
+        .where(Invoice.status == invoices.OPEN, Invoice.issued_at <= now)
+        .order_by(Invoice.id)
+    )
+    with db.read() as session:
+        rows = session.execute(query).all()
+    return [row.id for row in rows if is_due(History(int(row.n or 0), row.first, row.last), now)]
