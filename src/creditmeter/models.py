@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from creditmeter.billing.models import (
+    CreditNote,
+    CreditNoteApplication,
     CycleClose,
     Invoice,
     InvoiceCounter,
     InvoiceLine,
     PlanAllocation,
     Subscription,
+    TestClock,
+    TestClockAttachment,
     UsageStatementLine,
 )
 from creditmeter.billing.payments.models import (
@@ -36,6 +40,8 @@ __all__ = [
     "ApiKey",
     "AutoTopUp",
     "Balance",
+    "CreditNote",
+    "CreditNoteApplication",
     "CycleClose",
     "Hold",
     "IdempotencyRecord",
@@ -59,6 +65,8 @@ __all__ = [
     "SandboxPaymentMethod",
     "SandboxRefund",
     "Subscription",
+    "TestClock",
+    "TestClockAttachment",
     "UsageEvent",
     "UsageStatementLine",
     "metadata",

@@ -12,12 +12,14 @@ from creditmeter import __version__
 from creditmeter.api import (
     problems,
     routes_billing,
+    routes_credit_notes,
     routes_events,
     routes_invoices,
     routes_ledger,
     routes_metering,
     routes_orgs,
     routes_payments,
+    routes_test_clocks,
 )
 from creditmeter.api.deps import json_body
 from creditmeter.api.limits import BodySizeLimit
@@ -56,6 +58,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(routes_events.router)
     app.include_router(routes_billing.router, dependencies=[Depends(json_body)])
     app.include_router(routes_invoices.router)
+    app.include_router(routes_credit_notes.router)
+    app.include_router(routes_test_clocks.router, dependencies=[Depends(json_body)])
     app.include_router(routes_payments.router, dependencies=[Depends(json_body)])
 
     @app.get("/healthz", tags=["health"])

@@ -25,6 +25,7 @@ from creditmeter.api.deps import (
     json_body,
 )
 from creditmeter.api.routes_billing import Env, Plans
+from creditmeter.api.routes_credit_notes import credit_note_json
 from creditmeter.api.routes_payments import Provider
 from creditmeter.api.schemas_invoices import (
     InvoiceOut,
@@ -100,6 +101,7 @@ def invoice_json(
         }
         for line in view.lines
     ]
+    body["credit_notes"] = [credit_note_json(note, inv.number) for note in view.credit_notes]
     body["usage_summary"] = {
         "by_operation": [
             {

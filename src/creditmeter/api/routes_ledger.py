@@ -35,6 +35,7 @@ from creditmeter.api.schemas import (
     Page,
     ReverseRequest,
 )
+from creditmeter.billing import credit_notes
 from creditmeter.config import Settings
 from creditmeter.errors import InvalidRequest, NotFound
 from creditmeter.kit import clock
@@ -328,6 +329,7 @@ def reverse_transaction(
         new_id = ledger.reverse(
             session, org_id, txn_id, body.reason, clock.now(), currency=settings.currency
         )
+        credit_notes.for_ledger_reversal(session, org_id, new_id, clock.now())
         txn = session.get(JournalTransaction, new_id)
         assert txn is not None
         out = {

@@ -45,6 +45,7 @@ from creditmeter.api.schemas_metering import (
     UsageOut,
 )
 from creditmeter.api.usage_batch import apply_batch, json_response
+from creditmeter.billing import credit_notes
 from creditmeter.config import Settings
 from creditmeter.errors import Forbidden, InvalidRequest, NotFound
 from creditmeter.kit import clock
@@ -169,6 +170,9 @@ def reverse_usage(
             body.reason,
             clock.now(),
             settings.currency,
+        )
+        credit_notes.for_usage_reversal(
+            session, org_id, caller.environment, event_id, txn_id, body.reason, clock.now()
         )
     return {
         "id": event_id,

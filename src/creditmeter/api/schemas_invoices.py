@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from creditmeter.api.schemas import Request
 from creditmeter.api.schemas_billing import Money
+from creditmeter.api.schemas_corrections import CreditNoteOut
 
 
 class InvoicePeriod(BaseModel):
@@ -87,6 +88,9 @@ class InvoiceOut(InvoiceSummaryOut):
     customer: Customer
     lines: list[InvoiceLineOut]
     usage_summary: UsageSummary
+    credit_notes: list[CreditNoteOut] = Field(
+        default=[], description="Credit notes issued against this invoice (it is never edited)."
+    )
     payment_attempts: int = Field(
         default=0, description="Charges tried so far (each is a line of the billing history)."
     )

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from creditmeter.billing import domain, invoices, statements
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog, Period, Terms
-from creditmeter.billing.models import CycleClose, Invoice, Subscription
+from creditmeter.billing.models import CycleClose, Invoice, Subscription, TestClockAttachment
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit.db import Database
 from creditmeter.ledger import service as ledger
@@ -83,11 +83,18 @@ class CloseResult:
 
 
 def due(
-    session: Session, catalog: Catalog, now: datetime, organization_id: str | None = None
+    session: Session,
+    catalog: Catalog,
+    now: datetime,
+    organization_id: str | None = None,
+    *,
+    include_clocked: bool = False,
 ) -> list[Due]:
     """Every close due at ``now``, in the order to run them: boundary by boundary, oldest first.
     Due are the unfinished closes, and for each active subscription allocated only up to ``now`` or
-    earlier, every period from the last one allocated to the last one ended."""
+    earlier, every period from the last one allocated to the last one ended. Organizations attached
+    to a test clock are billed on the clock's time: left out unless ``include_clocked`` (the clock's
+    advance sets it)."""
     found: set[Due] = set()
     unfinished = select(
         CycleClose.organization_id, CycleClose.environment, CycleClose.period_start
@@ -98,6 +105,10 @@ def due(
     if organization_id is not None:
         unfinished = unfinished.where(CycleClose.organization_id == organization_id)
         lagging = lagging.where(Subscription.organization_id == organization_id)
+    if not include_clocked:
+        clocked = select(TestClockAttachment.organization_id)
+        unfinished = unfinished.where(CycleClose.organization_id.not_in(clocked))
+        lagging = lagging.where(Subscription.organization_id.not_in(clocked))
     for org, env, start in session.execute(unfinished):
         found.add(Due(domain.period_of(start, catalog.zone), org, env))
     for org, env, through in session.execute(lagging):
@@ -114,13 +125,15 @@ def run_due(
     catalog: Catalog | None = None,
     charge: Charge = invoices.charge,
     after_step: AfterStep | None = None,
+    include_clocked: bool = False,
 ) -> list[CloseResult]:
-    """Run every close due at ``now`` (for one organization, or all), in order."""
+    """Run every close due at ``now`` (for one organization, or all), in order; organizations on a
+    test clock only with ``include_clocked``."""
     from creditmeter.billing.plans import load_catalog
 
     catalog = catalog or load_catalog()
     with db.read() as session:
-        work = due(session, catalog, now, org)
+        work = due(session, catalog, now, org, include_clocked=include_clocked)
     return run(db, catalog, work, now, charge=charge, after_step=after_step)
 
 

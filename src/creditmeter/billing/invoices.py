@@ -19,7 +19,7 @@ Functions take the caller's ``Session`` and never commit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from creditmeter.billing import domain, statements
 from creditmeter.billing.domain import Catalog, Period, Share
 from creditmeter.billing.models import (
+    CreditNote,
     CycleClose,
     Invoice,
     InvoiceCounter,
@@ -62,6 +63,7 @@ class InvoiceView:
     invoice: Invoice
     lines: list[InvoiceLine]
     usage: list[UsageStatementLine]
+    credit_notes: list[CreditNote] = field(default_factory=list)
 
 
 def issue(
@@ -80,6 +82,13 @@ def issue(
     lines = _allocation_lines(session, catalog, sub, of, invoice_id)
     if close.overage_micros > 0 and close.overage_price_micros is not None:
         lines.append(_overage_line(close, currency))
+    from creditmeter.billing import credit_notes  # it numbers its notes with next_number
+
+    owed = sum(line["amount_minor"] for line in lines)
+    deducted = credit_notes.deductions(
+        session, sub.organization_id, sub.environment, owed, currency
+    )
+    lines += [d.line() for d in deducted]
     total = sum(line["amount_minor"] for line in lines)
     issued_at = of.end
     series = domain.invoice_series(
@@ -111,6 +120,7 @@ def issue(
     )
     session.add(invoice)
     session.flush()
+    credit_notes.record(session, invoice_id, deducted, now)
     if lines:
         session.execute(
             insert(InvoiceLine),
@@ -226,7 +236,10 @@ def view(session: Session, invoice: Invoice) -> InvoiceView:
     usage = statements.lines(
         session, invoice.organization_id, invoice.environment, invoice.period_start
     )
-    return InvoiceView(invoice, lines, usage)
+    notes = session.scalars(
+        select(CreditNote).where(CreditNote.invoice_id == invoice.id).order_by(CreditNote.id)
+    )
+    return InvoiceView(invoice, lines, usage, list(notes))
 
 
 def list_for(

@@ -240,3 +240,78 @@ class InvoiceLine(Base):
     service_start: Mapped[datetime | None] = mapped_column(UTCDateTime())
     service_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
     plan_allocation_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class CreditNote(Base):
+    """A correction of a period already invoiced (a reversed usage event, a reversed journal
+    transaction): the credits given back now and, if the invoice billed money for them (overage),
+    the money credited. Issued against the invoice, which itself is never edited. Numbers are
+    gapless like invoice numbers (``CN-2026-000001``, counted in ``invoice_counters``);
+    ``transaction_id`` is the ledger transaction that re-credited the organization (one note each).
+    ``billed_micros`` are the credits of the note the invoice billed money for."""
+
+    __tablename__ = "credit_notes"
+    __table_args__ = (
+        CheckConstraint("credits_micros > 0", name="credits_positive"),
+        CheckConstraint("amount_minor >= 0", name="amount_not_negative"),
+        CheckConstraint("source IN ('usage_reversal', 'ledger_reversal')", name="source_known"),
+        Index("ix_credit_notes_organization_id_id", "organization_id", "id"),
+        Index("ix_credit_notes_invoice_id", "invoice_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    number: Mapped[str] = mapped_column(String(40), unique=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    environment: Mapped[str] = mapped_column(String(10))
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"))
+    source: Mapped[str] = mapped_column(String(20))
+    reference: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(500))
+    credits_micros: Mapped[int] = mapped_column(BigInteger)
+    billed_micros: Mapped[int] = mapped_column(BigInteger)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    transaction_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CreditNoteApplication(Base):
+    """Money of a credit note deducted on a later invoice (a ``credit_note`` line of that invoice).
+    A note is applied up to what the invoice owes; the rest waits for the next one."""
+
+    __tablename__ = "credit_note_applications"
+    __table_args__ = (
+        UniqueConstraint("credit_note_id", "invoice_id"),
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    credit_note_id: Mapped[str] = mapped_column(ForeignKey("credit_notes.id"))
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TestClock(Base):
+    """A clock the operator sets and moves forward by hand; organizations attached to it are
+    billed on its time instead of real time (``billing.test_clocks``)."""
+
+    __tablename__ = "test_clocks"
+    __test__ = False  # not a pytest class
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    frozen_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TestClockAttachment(Base):
+    """An organization billed on a test clock (one clock per organization)."""
+
+    __tablename__ = "test_clock_attachments"
+    __test__ = False
+
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
+    test_clock_id: Mapped[str] = mapped_column(ForeignKey("test_clocks.id"), index=True)
+    attached_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -8,7 +8,8 @@ step and organization, so a failing organization is logged and retried at the ne
 others close; a close charges its invoice through the worker's payment provider. Then the payment
 jobs, each guarded so that one failing never stops the others: the dunning retries of open
 invoices (``billing.dunning``), the auto top-ups due (``billing.auto_top_up``), and purchases left
-pending by a crash (``billing.purchases.resume_pending``). Then holds and lots that lapsed."""
+pending by a crash (``billing.purchases.resume_pending``). Then holds and lots that lapsed.
+Organizations attached to a test clock are left to their clock (``billing.test_clocks``)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,13 @@ import logging
 import threading
 from datetime import datetime, timedelta
 
-from creditmeter.billing import auto_top_up, cycle, dunning, purchases
+from creditmeter.billing import auto_top_up, cycle, dunning, purchases, test_clocks
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.payments import PaymentProvider, build_provider
 from creditmeter.billing.plans import load_catalog
 from creditmeter.config import Settings
 from creditmeter.kit import clock
 from creditmeter.kit.db import Database
-from creditmeter.ledger import service as ledger
 from creditmeter.metering import holds
 
 log = logging.getLogger("creditmeter.worker")
@@ -64,7 +64,7 @@ def tick(
     if lapsed:
         log.info("released %s expired hold(s)", lapsed)
     with db.write() as session:
-        expired = ledger.expire_due(session, now)
+        expired = test_clocks.expire_due_on_real_time(session, now)
     for org, env, micros in expired:
         log.info("expired %s micro-credits of %s (%s)", micros, org, env)
     return len(expired)

@@ -1,0 +1,90 @@
+"""Test clocks (operator keys only): create, read, attach an organization, advance.
+
+An advance runs, for the attached organizations, every cycle close and lot expiry real time would
+have run on the way, boundary by boundary (``billing.test_clocks``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from creditmeter.api.deps import ADMIN_SCOPES, DB, Caller, authorize_org, require_operator
+from creditmeter.api.routes_billing import Plans
+from creditmeter.api.schemas_corrections import (
+    TestClockAdvance,
+    TestClockAdvanced,
+    TestClockAttach,
+    TestClockAttached,
+    TestClockCreate,
+    TestClockOut,
+)
+from creditmeter.billing import test_clocks
+from creditmeter.billing.models import TestClock
+from creditmeter.kit import clock
+
+router = APIRouter(tags=["test clocks"])
+
+
+def clock_json(session: Any, row: TestClock) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "frozen_time": row.frozen_time,
+        "organizations": test_clocks.organizations_of(session, row.id),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+@router.post("/v1/test-clocks", status_code=201, response_model=TestClockOut)
+def create_test_clock(body: TestClockCreate, caller: Caller, db: DB) -> Any:
+    """A clock frozen at `frozen_time`, to bill test organizations on."""
+    require_operator(caller)
+    with db.write() as session:
+        row = test_clocks.create(session, body.frozen_time, body.name or "", clock.now())
+        return TestClockOut.model_validate(clock_json(session, row)).model_dump(mode="json")
+
+
+@router.get("/v1/test-clocks/{clock_id}", response_model=TestClockOut)
+def get_test_clock(clock_id: str, caller: Caller, db: DB) -> Any:
+    require_operator(caller)
+    with db.read() as session:
+        row = test_clocks.get(session, clock_id)
+        return TestClockOut.model_validate(clock_json(session, row)).model_dump(mode="json")
+
+
+@router.post("/v1/test-clocks/{clock_id}/advance", response_model=TestClockAdvanced)
+def advance_test_clock(
+    clock_id: str, body: TestClockAdvance, caller: Caller, db: DB, catalog: Plans
+) -> Any:
+    """Move the clock forward to `to` (422 `clock_backwards` for an earlier time), running every
+    month boundary passed for its organizations exactly as real time would."""
+    require_operator(caller)
+    done = test_clocks.advance(db, catalog, clock_id, body.to, now=clock.now())
+    with db.read() as session:
+        out = clock_json(session, test_clocks.get(session, clock_id))
+    out["boundaries"] = done.boundaries
+    out["closes"] = [
+        {
+            "organization_id": r.due.organization_id,
+            "environment": r.due.environment,
+            "period": r.due.period.label,
+            "steps_run": r.steps_run,
+            "invoice_number": r.invoice_number,
+            "error": r.error,
+        }
+        for r in done.closes
+    ]
+    return TestClockAdvanced.model_validate(out).model_dump(mode="json")
+
+
+@router.post("/v1/organizations/{org_id}/test-clock", response_model=TestClockAttached)
+def attach_test_clock(org_id: str, body: TestClockAttach, caller: Caller, db: DB) -> Any:
+    """Bill the organization on a test clock from now on (409 `live_subscription` for an
+    organization with a live subscription)."""
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    require_operator(caller)
+    with db.write() as session:
+        row = test_clocks.attach(session, org_id, body.test_clock, clock.now())
+        return {"organization_id": org_id, "test_clock": row.id, "frozen_time": row.frozen_time}

@@ -1,0 +1,87 @@
+"""Bodies of credit notes and test clocks. Credits are exact decimal strings; money is integer minor
+units with an ISO 4217 currency."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from creditmeter.api.schemas import Request, Timestamp
+from creditmeter.api.schemas_billing import Money
+
+
+class CreditNoteOut(BaseModel):
+    id: str
+    number: str = Field(description="Gapless per year and environment: CN-2026-000001.")
+    organization_id: str
+    environment: Literal["live", "test"]
+    invoice_id: str = Field(description="The invoice of the period the corrected original fell in.")
+    invoice_number: str
+    source: Literal["usage_reversal", "ledger_reversal"]
+    reference: str = Field(
+        description="What was corrected: a usage event or a journal transaction."
+    )
+    reason: str
+    credits: str = Field(description="Credits given back to the organization by the correction.")
+    amount: Money = Field(
+        description="Money credited: what the invoice billed for those credits (overage), else 0. "
+        "Deducted as a credit_note line on the next invoices."
+    )
+    transaction_id: str = Field(description="The ledger transaction that re-credited the credits.")
+    created_at: datetime
+
+
+class CreditNotePage(BaseModel):
+    data: list[CreditNoteOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class TestClockCreate(Request):
+    __test__ = False
+    frozen_time: Timestamp
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+class TestClockAdvance(Request):
+    __test__ = False
+    to: Timestamp
+
+
+class TestClockAttach(Request):
+    __test__ = False
+    test_clock: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
+class TestClockOut(BaseModel):
+    __test__ = False
+    id: str
+    name: str
+    frozen_time: datetime
+    organizations: list[str] = Field(description="Organizations billed on this clock.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class CloseOut(BaseModel):
+    organization_id: str
+    environment: Literal["live", "test"]
+    period: str
+    steps_run: list[str]
+    invoice_number: str | None
+    error: str | None
+
+
+class TestClockAdvanced(TestClockOut):
+    __test__ = False
+    boundaries: list[datetime] = Field(description="Month boundaries crossed, in order.")
+    closes: list[CloseOut] = Field(description="Every cycle close run on the way, in order.")
+
+
+class TestClockAttached(BaseModel):
+    __test__ = False
+    organization_id: str
+    test_clock: str
+    frozen_time: datetime

@@ -1,0 +1,185 @@
+"""Test clocks: rehearse billing months ahead without waiting for them.
+
+The operator creates a clock frozen at a time and attaches rehearsal organizations to it. From then
+on the organization is billed on the clock's time, not real time: the worker and
+``creditmeter cycle run`` leave its cycle closes and lot expiries alone (``cycle.due`` without
+``include_clocked``), and each ``advance`` of the clock runs, boundary by boundary, in order, exactly
+what the worker would have run on time: the closes due at each month boundary passed (with ``now``
+= the boundary), the lots due to expire by then, and finally the same for the clock's new time.
+
+- **Only test organizations**: an organization with an active ``live`` subscription cannot be
+  attached (``409 live_subscription``): a clock must never close, invoice or charge live money
+  early. One clock per organization; attaching again moves it to the new clock.
+- **Forward only**: ``advance`` to an earlier time is ``422 clock_backwards``; to the same time it
+  changes nothing.
+- A close that fails during an advance is reported and stays unfinished; the next advance resumes
+  it first (closes are idempotent and resumable), the clock still moves.
+
+Functions that take a ``Session`` never commit; ``advance`` runs the closes itself, one
+transaction per step, like the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from creditmeter.billing import cycle, domain, invoices
+from creditmeter.billing import subscriptions as subs
+from creditmeter.billing.domain import Catalog
+from creditmeter.billing.models import Subscription, TestClock, TestClockAttachment
+from creditmeter.errors import Conflict, InvalidRequest, NotFound
+from creditmeter.kit.clock import ensure_utc
+from creditmeter.kit.db import Database
+from creditmeter.kit.ids import new_id
+from creditmeter.ledger import service as ledger
+from creditmeter.ledger.models import Lot
+from creditmeter.orgs import service as orgs
+
+__test__ = False  # not a pytest module
+
+
+class TestClockNotFound(NotFound):
+    __test__ = False
+    code = "test_clock_not_found"
+
+
+@dataclass
+class Advanced:
+    """What an advance did: the boundaries it crossed and each close it ran."""
+
+    clock: TestClock
+    boundaries: list[datetime] = field(default_factory=list)
+    closes: list[cycle.CloseResult] = field(default_factory=list)
+
+
+def create(session: Session, frozen_time: datetime, name: str, now: datetime) -> TestClock:
+    clock = TestClock(
+        id=new_id("clock"),
+        name=name,
+        frozen_time=ensure_utc(frozen_time),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(clock)
+    session.flush()
+    return clock
+
+
+def get(session: Session, clock_id: str) -> TestClock:
+    clock = session.get(TestClock, clock_id) if 0 < len(clock_id) <= 40 else None
+    if clock is None:
+        raise TestClockNotFound(f"test clock {clock_id} not found")
+    return clock
+
+
+def organizations_of(session: Session, clock_id: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(TestClockAttachment.organization_id)
+            .where(TestClockAttachment.test_clock_id == clock_id)
+            .order_by(TestClockAttachment.organization_id)
+        )
+    )
+
+
+def attach(session: Session, organization_id: str, clock_id: str, now: datetime) -> TestClock:
+    """Bill ``organization_id`` on the clock from now on. Refused for an organization with an
+    active live subscription."""
+    orgs.get_organization(session, organization_id)
+    clock = get(session, clock_id)
+    live = session.scalars(
+        select(Subscription.id).where(
+            Subscription.organization_id == organization_id,
+            Subscription.environment == "live",
+            Subscription.status == subs.ACTIVE,
+        )
+    ).first()
+    if live is not None:
+        raise Conflict(
+            f"organization {organization_id} has a live subscription; only test organizations "
+            "can be billed on a test clock",
+            code="live_subscription",
+        )
+    row = session.get(TestClockAttachment, organization_id)
+    if row is None:
+        session.add(
+            TestClockAttachment(
+                organization_id=organization_id, test_clock_id=clock.id, attached_at=now
+            )
+        )
+    else:
+        row.test_clock_id, row.attached_at = clock.id, now
+    session.flush()
+    return clock
+
+
+def advance(
+    db: Database,
+    catalog: Catalog,
+    clock_id: str,
+    to: datetime,
+    *,
+    now: datetime,
+    charge: cycle.Charge = invoices.charge,
+) -> Advanced:
+    """Move the clock forward to ``to``, running for its organizations every close and expiry that
+    real time would have run on the way, boundary by boundary, in order."""
+    to = ensure_utc(to)
+    with db.read() as session:
+        clock = get(session, clock_id)
+        start = clock.frozen_time
+        members = organizations_of(session, clock_id)
+    if to < start:
+        raise InvalidRequest(
+            f"a test clock only moves forward: it is at {start.isoformat()}, "
+            f"{to.isoformat()} is earlier",
+            code="clock_backwards",
+        )
+    result = Advanced(clock)
+    period = domain.period_of(start, catalog.zone)
+    moments = []
+    while period.end <= to:
+        if period.end > start:
+            moments.append(period.end)
+        period = domain.shift(period, 1, catalog.zone)
+    result.boundaries = list(moments)
+    if not moments or moments[-1] != to:
+        moments.append(to)
+    for moment in moments:
+        for org in members:
+            result.closes += cycle.run_due(
+                db, moment, org, catalog=catalog, charge=charge, include_clocked=True
+            )
+            with db.write() as session:
+                ledger.expire_due(session, moment, org)
+    with db.write() as session:
+        clock = get(session, clock_id)
+        if to > clock.frozen_time:
+            clock.frozen_time = to
+            clock.updated_at = now
+        session.flush()
+        result.clock = clock
+    return result
+
+
+def expire_due_on_real_time(session: Session, now: datetime) -> list[tuple[str, str, int]]:
+    """``ledger.expire_due`` for the worker: every organization except those on a test clock
+    (their lots expire when their clock passes them)."""
+    clocked = set(session.scalars(select(TestClockAttachment.organization_id)))
+    if not clocked:
+        return ledger.expire_due(session, now)
+    due = session.scalars(
+        select(Lot.organization_id)
+        .where(Lot.remaining_micros > 0, Lot.expires_at.is_not(None), Lot.expires_at <= now)
+        .distinct()
+        .order_by(Lot.organization_id)
+    )
+    results = []
+    for org in list(due):
+        if org not in clocked:
+            results += ledger.expire_due(session, now, org)
+    return results
