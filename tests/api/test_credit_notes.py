@@ -282,3 +282,15 @@ def test_credit_notes_of_another_organization_are_invisible(
         f"/v1/organizations/{acme}/credit-notes", headers=make_key(acme, "org:ingest")
     )
     assert ingest_only.status_code == 403
+
+
+def test_the_migration_matches_the_credit_note_and_test_clock_models(db: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from creditmeter.models import metadata
+
+    mine = ("credit_notes", "credit_note_applications", "test_clocks", "test_clock_attachments")
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert [d for d in diff if any(name in repr(d) for name in mine)] == []
