@@ -70,7 +70,7 @@ class Coalescer:
                 batch, lane.waiting = lane.waiting[:MAX_EVENTS], lane.waiting[MAX_EVENTS:]
                 try:
                     results = await run_in_threadpool(
-                        self._write, self._context(scope), [e for e, _ in batch]
+                        write_events, self._db, self._context(scope), [e for e, _ in batch]
                     )
                 except Exception as exc:  # the transaction failed: every event in it did
                     for _, future in batch:
@@ -85,15 +85,16 @@ class Coalescer:
             if not lane.waiting:
                 self._lanes.pop((loop, scope), None)
 
-    def _write(self, ctx: IngestContext, events: list[EventInput]) -> list[EventResult]:
-        with self._db.write() as session:
-            results = ingest(session, ctx, events, with_balance=True)
-            for i, result in enumerate(results):
-                if result.status == "duplicate":  # the balance as it is now
-                    org_id, _ = gate.resolve_organization(
-                        session, events[i].organization, ctx.caller_organization_id
-                    )
-                    results[i] = usage.with_balance(
-                        session, result, org_id, ctx.environment, ctx.now
-                    )
-        return results
+
+def write_events(db: Database, ctx: IngestContext, events: list[EventInput]) -> list[EventResult]:
+    """Ingest events in one write transaction; every result carries its organization's balance as
+    committed (a duplicate's: the balance now)."""
+    with db.write() as session:
+        results = ingest(session, ctx, events, with_balance=True)
+        for i, result in enumerate(results):
+            if result.status == "duplicate":
+                org_id, _ = gate.resolve_organization(
+                    session, events[i].organization, ctx.caller_organization_id
+                )
+                results[i] = usage.with_balance(session, result, org_id, ctx.environment, ctx.now)
+    return results

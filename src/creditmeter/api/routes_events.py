@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from creditmeter.api.deps import DB, Caller
 from creditmeter.api.problems import problem_body, validation_errors
-from creditmeter.api.routes_metering import Card, Config, _context, record_usage
+from creditmeter.api.routes_metering import Card, Config, _context, record_one
 from creditmeter.api.schemas_metering import BatchOut, UsageEventIn, UsageOut
 from creditmeter.api.usage_batch import apply_batch
 from creditmeter.config import Settings
@@ -198,7 +198,7 @@ def receive_events(
 def _single(event: Any, caller: Principal, db: Database, card: RateCard, settings: Settings) -> Any:
     usage_event = _to_usage(event)
     try:
-        return record_usage(usage_event, caller, db, card, settings)
+        return record_one(usage_event, caller, db, card, settings)
     except CreditmeterError as exc:
         exc.errors = ce.as_attribute_errors(exc.errors)
         raise

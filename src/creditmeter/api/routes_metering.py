@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 from sqlalchemy.orm import Session
 
-from creditmeter.api.coalesce import Coalescer
+from creditmeter.api.coalesce import Coalescer, write_events
 from creditmeter.api.coalesce import Scope as IngestScope
 from creditmeter.api.deps import (
     ADMIN_SCOPES,
@@ -138,9 +138,23 @@ async def record_usage(
     # Concurrent single events share write transactions (api/coalesce.py): each still gets its own
     # result, committed before the answer is sent.
     result = await queue.submit((caller.environment, _ingest_key(caller)), body.to_input())
+    return _answer(result)
+
+
+def _answer(result: EventResult) -> Any:
+    """A single event's answer: 201 applied, 200 duplicate, its problem otherwise."""
     if result.error is not None:
         raise result.error
     return JSONResponse(_usage_json(result), status_code=201 if result.status == "applied" else 200)
+
+
+def record_one(
+    body: UsageEventIn, caller: Principal, db: Database, card: RateCard, settings: Settings
+) -> Any:
+    """One event in a transaction of its own, answered like ``POST /v1/usage`` (for callers that are
+    already on a worker thread, such as a single CloudEvent)."""
+    result = write_events(db, _context(caller, card, settings), [body.to_input()])[0]
+    return _answer(result)
 
 
 @router.post("/v1/usage/batch", response_model=BatchOut)
@@ -387,9 +401,7 @@ def settle_hold(
             result = usage.with_balance(
                 session, result, hold.organization_id, ctx.environment, ctx.now
             )
-    if result.error is not None:
-        raise result.error
-    return JSONResponse(_usage_json(result), status_code=201 if result.status == "applied" else 200)
+    return _answer(result)
 
 
 @router.delete("/v1/holds/{hold_id}", response_model=HoldOut)
