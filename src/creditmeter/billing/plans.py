@@ -8,12 +8,9 @@ file and the key (``PlansError``, a configuration error).
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 import tomllib
 from datetime import UTC, tzinfo
-from importlib import resources
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,6 +34,7 @@ from creditmeter.billing.domain import (
     Seller,
 )
 from creditmeter.errors import CreditmeterError
+from creditmeter.kit.config_file import ConfigFile
 from creditmeter.kit.credits import MAX_CREDITS_MICROS, CreditsFormatError, parse_credits
 
 PLANS_ENV = "CREDITMETER_PLANS"
@@ -50,8 +48,6 @@ MAX_FEE_MINOR = 10**12
 MAX_CREDIT_PRICE_MICROS = 10**6 * 10**6
 
 _ID_RE = r"^[a-z][a-z0-9_-]{0,39}$"
-_cache: dict[str, Catalog] = {}
-_cache_lock = threading.Lock()
 
 
 class PlansError(CreditmeterError):
@@ -229,36 +225,12 @@ def _zone(name: str) -> tzinfo:
 
 def load_catalog(path: str | None = None) -> Catalog:
     """The plans at ``path``, else ``$CREDITMETER_PLANS``, else the built-in default; cached."""
-    chosen = path or os.environ.get(PLANS_ENV) or None
-    key = os.path.abspath(chosen) if chosen else DEFAULT_SOURCE
-    catalog = _cache.get(key)
-    if catalog is not None:
-        return catalog
-    with _cache_lock:
-        catalog = _cache.get(key)
-        if catalog is None:
-            catalog = _read(chosen, key, from_env=not path)
-            _cache[key] = catalog
-    return catalog
+    return _FILE.load(path)
 
 
 def clear_catalog_cache() -> None:
     """Forget parsed files, so the next ``load_catalog`` re-reads its file."""
-    with _cache_lock:
-        _cache.clear()
-
-
-def _read(chosen: str | None, key: str, from_env: bool) -> Catalog:
-    if chosen is None:
-        data = resources.files("creditmeter.billing").joinpath(DEFAULT_PLANS).read_bytes()
-        return parse_catalog(data, DEFAULT_SOURCE)
-    try:
-        with open(key, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        origin = f" (named by {PLANS_ENV})" if from_env else ""
-        raise PlansError(f"cannot read plans file {key}{origin}: {exc.strerror}") from exc
-    return parse_catalog(data, key)
+    _FILE.clear()
 
 
 def parse_catalog(data: bytes | str, source: str) -> Catalog:
@@ -339,3 +311,13 @@ def _problems(exc: ValidationError, source: str) -> PlansError:
             for where, message in items
         ],
     )
+
+
+_FILE: ConfigFile[Catalog] = ConfigFile(
+    package="creditmeter.billing",
+    default_name=DEFAULT_PLANS,
+    env_var=PLANS_ENV,
+    what="plans file",
+    parse=parse_catalog,
+    error=PlansError,
+)

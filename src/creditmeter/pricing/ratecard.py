@@ -8,18 +8,16 @@ reported at once, each naming the file, the version and the key (``RateCardError
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import threading
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from creditmeter.errors import CreditmeterError
+from creditmeter.kit.config_file import ConfigFile
 from creditmeter.pricing.domain import (
     EXACT,
     GPU_SECONDS,
@@ -55,9 +53,6 @@ _OPERATION_KEYS = {
 }  # fmt: skip
 _OFF_PEAK_KEYS = {"time_zone", "windows", "multiplier"}
 
-_cache: dict[str, RateCard] = {}
-_cache_lock = threading.Lock()
-
 
 class RateCardError(CreditmeterError):
     """The operator's rate card file is unreadable or invalid: a configuration error (500)."""
@@ -69,36 +64,12 @@ class RateCardError(CreditmeterError):
 
 def load_rate_card(path: str | None = None) -> RateCard:
     """The rate card at ``path``, else ``$CREDITMETER_RATE_CARD``, else the built-in default; cached."""
-    chosen = path or os.environ.get(RATE_CARD_ENV) or None
-    key = os.path.abspath(chosen) if chosen else DEFAULT_SOURCE
-    card = _cache.get(key)
-    if card is not None:
-        return card
-    with _cache_lock:
-        card = _cache.get(key)
-        if card is None:
-            card = _read(chosen, key, from_env=not path)
-            _cache[key] = card
-    return card
+    return _FILE.load(path)
 
 
 def clear_rate_card_cache() -> None:
     """Forget parsed cards, so the next ``load_rate_card`` re-reads its file."""
-    with _cache_lock:
-        _cache.clear()
-
-
-def _read(chosen: str | None, key: str, from_env: bool) -> RateCard:
-    if chosen is None:
-        data = resources.files("creditmeter.pricing").joinpath(DEFAULT_RATE_CARD).read_bytes()
-        return parse_rate_card(data, DEFAULT_SOURCE)
-    try:
-        with open(key, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        origin = f" (named by {RATE_CARD_ENV})" if from_env else ""
-        raise RateCardError(f"cannot read rate card {key}{origin}: {exc.strerror}") from exc
-    return parse_rate_card(data, key)
+    _FILE.clear()
 
 
 def parse_rate_card(data: bytes | str, source: str) -> RateCard:
@@ -474,3 +445,13 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
         else:
             merged[key] = value
     return merged
+
+
+_FILE: ConfigFile[RateCard] = ConfigFile(
+    package="creditmeter.pricing",
+    default_name=DEFAULT_RATE_CARD,
+    env_var=RATE_CARD_ENV,
+    what="rate card",
+    parse=parse_rate_card,
+    error=RateCardError,
+)
