@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from creditmeter.billing import cycle
+from creditmeter.billing import cycle, domain
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.cycle import Due
 from creditmeter.billing.models import (
@@ -416,6 +416,26 @@ def test_test_environment_invoices_are_numbered_apart(db: Database, make_org: Ma
         "INV-2026-000001",
         "INV-TEST-2026-000001",
     ]
+
+
+def test_each_environments_close_expires_and_records_its_own_lots(
+    db: Database, make_org: MakeOrg
+) -> None:
+    org = make_org()
+    with db.write() as session:
+        subs.subscribe(
+            session, CATALOG, org, "test", SubscriptionRequest("standard"), utc(2026, 1, 1)
+        )
+    subscribe(db, org, "standard", utc(2026, 1, 1))
+    spend(db, org, 100, utc(2026, 1, 10))
+    january = domain.period_of(utc(2026, 1, 1), CATALOG.zone)
+    live = cycle.close(db, CATALOG, Due(january, org, "live"), utc(2026, 2, 1))
+    assert live.ok and live.expired_micros == 900 * C
+    with db.read() as session:  # the test environment's January lot waits for its own close
+        test_lot = ledger.get_balance(session, org, "test", utc(2026, 1, 31)).available_micros
+    assert test_lot == 1000 * C
+    results = close(db, utc(2026, 2, 1))
+    assert [(r.due.environment, r.expired_micros) for r in results] == [("test", 1000 * C)]
 
 
 def test_due_lists_boundaries_in_order(db: Database, make_org: MakeOrg) -> None:

@@ -223,7 +223,7 @@ def run_step(session: Session, catalog: Catalog, item: Due, step: str, now: date
     org, env, boundary = item.organization_id, item.environment, item.period.end
     expired: list[tuple[str, str, int]] = []
     if step == "expiry":  # before the balance lock: expire_due locks in its own (id) order
-        expired = ledger.expire_due(session, boundary, org)
+        expired = ledger.expire_due(session, boundary, org, env)
     ledger.lock_balance(session, org, env)
     record = _record(session, item, now)
     if _ORDER[record.step] >= _ORDER[step]:
@@ -234,7 +234,7 @@ def run_step(session: Session, catalog: Catalog, item: Due, step: str, now: date
     if step == "statement":
         statements.finalize(session, org, env, item.period)
     elif step == "expiry":
-        record.expired_micros = sum(m for o, e, m in expired if (o, e) == (org, env))
+        record.expired_micros = sum(m for _, _, m in expired)
         _settle_overage(session, sub, record, item.period)
     elif step == "allocation":
         allocated = subs.renew(session, catalog, sub, boundary)

@@ -556,11 +556,15 @@ def debit_many(
 
 
 def expire_due(
-    session: Session, now: datetime, organization_id: str | None = None
+    session: Session,
+    now: datetime,
+    organization_id: str | None = None,
+    environment: str | None = None,
 ) -> list[tuple[str, str, int]]:
     """Post the remainder of every lot whose expiry has come to breakage, one transaction per
-    organization and environment. Returns ``(organization_id, environment, micros expired)``.
-    Running it twice expires nothing the second time."""
+    organization and environment (of one organization, or one environment, when given). Returns
+    ``(organization_id, environment, micros expired)``. Running it twice expires nothing the second
+    time."""
     due = (
         select(Lot.organization_id, Lot.environment)
         .where(Lot.remaining_micros > 0, Lot.expires_at.is_not(None), Lot.expires_at <= now)
@@ -569,6 +573,8 @@ def expire_due(
     )
     if organization_id is not None:
         due = due.where(Lot.organization_id == organization_id)
+    if environment is not None:
+        due = due.where(Lot.environment == environment)
     results = []
     for org, env in session.execute(due).all():
         balance = lock_balance(session, org, env)
