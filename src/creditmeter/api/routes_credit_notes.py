@@ -1,13 +1,14 @@
-"""Credit notes: an organization's list (and, in ``routes_invoices``, the notes of one invoice).
+"""Credit notes: an organization's list, one note as a PDF (and, in ``routes_invoices``, the notes
+of one invoice).
 
 An operator key reads every organization's; an org:admin or org:read key its own, in its own
-environment."""
+environment (any other note is the same 404 as one that does not exist)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from sqlalchemy import select
 
 from creditmeter.api.deps import (
@@ -19,9 +20,9 @@ from creditmeter.api.deps import (
     authorize_org,
     environment_for,
 )
-from creditmeter.api.routes_billing import Env
+from creditmeter.api.routes_billing import Env, Plans
 from creditmeter.api.schemas_corrections import CreditNoteOut, CreditNotePage
-from creditmeter.billing import credit_notes
+from creditmeter.billing import credit_note_pdf, credit_notes
 from creditmeter.billing.models import CreditNote, Invoice
 from creditmeter.kit.credits import format_credits
 from creditmeter.kit.pagination import DEFAULT_LIMIT, encode_cursor
@@ -44,6 +45,7 @@ def credit_note_json(note: CreditNote, invoice_number: str) -> dict[str, Any]:
         "amount": {"amount_minor": note.amount_minor, "currency": note.currency},
         "transaction_id": f"txn_{note.transaction_id}",
         "created_at": note.created_at,
+        "pdf_url": f"/v1/credit-notes/{note.id}/pdf",
     }
     return CreditNoteOut.model_validate(body).model_dump(mode="json")
 
@@ -75,3 +77,29 @@ def list_credit_notes(
         "has_more": next_id is not None,
         "next_cursor": encode_cursor(next_id) if next_id else None,
     }
+
+
+@router.get(
+    "/v1/credit-notes/{credit_note_id}/pdf",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/pdf": {}}, "description": "The credit note as a PDF."}
+    },
+)
+def get_credit_note_pdf(credit_note_id: str, caller: Caller, db: DB, catalog: Plans) -> Response:
+    """The credit note as a PDF (A4): seller, customer, number, date, the invoice it corrects,
+    reason, credits returned, money credited and where it was deducted."""
+    with db.read() as session:
+        doc = credit_note_pdf.document(session, credit_note_id)
+        note = doc.note
+        if not caller.is_operator and (
+            caller.organization_id != note.organization_id or caller.environment != note.environment
+        ):
+            raise credit_note_pdf.CreditNoteNotFound(f"credit note {credit_note_id} not found")
+        authorize_org(caller, note.organization_id, READ_SCOPES)
+        content = credit_note_pdf.render(doc, catalog.zone)
+    return Response(
+        content,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="{note.number}.pdf"'},
+    )

@@ -205,12 +205,12 @@ def pay_invoice(
     responses={200: {"content": {"application/pdf": {}}, "description": "The invoice as a PDF."}},
 )
 def get_invoice_pdf(invoice_id: str, caller: Caller, db: DB, catalog: Plans) -> Response:
-    """The invoice as a PDF (A4): seller, customer, number, dates, period, lines, totals, status
-    and usage summary."""
+    """The invoice as a PDF (A4): seller, customer, number, dates, period, lines, totals, status,
+    the credit notes issued against it and deducted on it, and the usage summary."""
     with db.read() as session:
         view = invoices.get(session, invoice_id)
         _readable(caller, view)
-        content = pdf.render(view, catalog.zone)
+        content = pdf.render(view, catalog.zone, pdf.notes_of(session, view))
     filename = f"{view.invoice.number}.pdf"
     return Response(
         content,

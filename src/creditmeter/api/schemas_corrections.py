@@ -31,6 +31,7 @@ class CreditNoteOut(BaseModel):
     )
     transaction_id: str = Field(description="The ledger transaction that re-credited the credits.")
     created_at: datetime
+    pdf_url: str = Field(description="The credit note as a PDF: GET /v1/credit-notes/{id}/pdf.")
 
 
 class CreditNotePage(BaseModel):
