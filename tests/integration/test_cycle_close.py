@@ -381,8 +381,8 @@ def test_a_rolled_back_invoice_gives_its_number_back(db: Database, make_org: Mak
     # A failure inside the invoice transaction gives the number back.
     original = cycle.invoices.next_number
 
-    def next_then_fail(session: Any, series: str) -> int:
-        original(session, series)
+    def next_then_fail(session: Any, series: str, count: int = 1) -> int:
+        original(session, series, count)
         raise RuntimeError("disk full")
 
     cycle.invoices.next_number = next_then_fail  # type: ignore[assignment]

@@ -27,19 +27,21 @@ never interleave. ``now`` (the injectable clock) decides which periods are due a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import groupby
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from creditmeter.billing import domain, invoices, statements
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog, Period, Terms
 from creditmeter.billing.models import CycleClose, Invoice, Subscription, TestClockAttachment
-from creditmeter.errors import CreditmeterError
-from creditmeter.kit.db import Database
+from creditmeter.errors import CreditmeterError, NotFound
+from creditmeter.kit.db import Database, UTCDateTime
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.domain import LotSource
 
@@ -47,10 +49,15 @@ log = logging.getLogger("creditmeter.billing.cycle")
 
 STEPS = ("statement", "expiry", "allocation", "invoice", "charge")
 _ORDER = {name: i for i, name in enumerate(("started", *STEPS))}
+#: Organizations closed together: one transaction per step for this many.
+CHUNK = 500
 
 #: Charges an open invoice (payments plug in here): ``(db, invoice_id, now)``, called outside any
-#: transaction; it commits what it records itself and must be idempotent by the invoice id.
+#: transaction; it commits what it records itself and must be idempotent by the invoice id. A hook
+#: with a ``many(db, invoice_ids, now)`` method (``dunning.charger``) is given a chunk's invoices
+#: at once and returns the failures by invoice id.
 Charge = Callable[[Database, str, datetime], None]
+ChargeMany = Callable[[Database, Sequence[str], datetime], dict[str, Exception]]
 
 
 @dataclass(frozen=True, order=True)
@@ -146,23 +153,35 @@ def run(
     charge: Charge = invoices.charge,
     after_step: AfterStep | None = None,
     on_result: Callable[[CloseResult], None] | None = None,
+    chunk_size: int = CHUNK,
 ) -> list[CloseResult]:
-    """Run the closes in ``work`` in order. A close that fails is reported and stops the later
-    closes of the same organization and environment (they need it); the others go on."""
-    results = []
+    """Run the closes in ``work`` boundary by boundary, in order (every close of a boundary ends
+    before the first of the next starts), in chunks of ``chunk_size`` organizations of one
+    environment. A close that fails is reported and stops the later closes of the same
+    organization and environment (they need it); the others go on. Results in the order of
+    ``work``."""
+    results: dict[Due, CloseResult] = {}
     failed: set[tuple[str, str]] = set()
-    for item in work:
-        key = (item.organization_id, item.environment)
-        if key in failed:
-            result = CloseResult(item, error="skipped: an earlier close of it failed")
-        else:
-            result = close(db, catalog, item, now, charge=charge, after_step=after_step)
-            if not result.ok:
-                failed.add(key)
-        results.append(result)
-        if on_result:
-            on_result(result)
-    return results
+    many = _charge_many(charge)
+    for _, boundary in groupby(sorted(set(work)), key=lambda d: d.period):
+        ready = []
+        for item in boundary:
+            if (item.organization_id, item.environment) in failed:
+                done = [CloseResult(item, error="skipped: an earlier close of it failed")]
+            else:
+                ready.append(item)
+                continue
+            results[item] = done[0]
+            if on_result:
+                on_result(done[0])
+        for chunk in _chunks(ready, chunk_size):
+            for result in _close_chunk(db, catalog, chunk, now, many, after_step):
+                results[result.due] = result
+                if not result.ok:
+                    failed.add((result.due.organization_id, result.due.environment))
+                if on_result:
+                    on_result(result)
+    return [results[item] for item in work]
 
 
 def close(
@@ -174,161 +193,404 @@ def close(
     charge: Charge = invoices.charge,
     after_step: AfterStep | None = None,
 ) -> CloseResult:
-    """Run (or resume) one close, one transaction per step. Never raises: a failure is logged and
-    returned in the result; a rerun resumes at the first step not recorded."""
-    result = CloseResult(item)
-    step = STEPS[0]
-    try:
-        for step in STEPS:
-            if step == "charge":
-                _charge(db, item, now, charge)
-            with db.write() as session:
-                if run_step(session, catalog, item, step, now):
-                    result.steps_run.append(step)
-            if after_step:
-                after_step(item, step)
-        with db.read() as session:
-            _summarize(session, item, result)
-    except Exception as exc:  # a batch job reports every failure and goes on with the others
-        detail = exc.detail if isinstance(exc, CreditmeterError) else f"{type(exc).__name__}: {exc}"
-        log.exception(
-            "cycle close of %s (%s) for %s failed at the %s step; it resumes there at the next run",
-            item.organization_id,
-            item.environment,
-            item.period.label,
-            step,
-        )
-        result.error = detail
-    return result
+    """Run (or resume) one close: the batched close with a chunk of one. Never raises: a failure
+    is logged and returned in the result; a rerun resumes at the first step not recorded."""
+    return _close_chunk(db, catalog, [item], now, _charge_many(charge), after_step)[0]
 
 
-def _charge(db: Database, item: Due, now: datetime, charge: Charge) -> None:
-    """Call the payment hook for the close's invoice if it is open and the charge step is not
-    recorded yet."""
-    with db.read() as session:
-        record = _record_of(session, item)
-        if record is None or _ORDER[record.step] >= _ORDER["charge"] or not record.invoice_id:
-            return
-        invoice = session.get(Invoice, record.invoice_id)
-        if invoice is None or invoice.status != invoices.OPEN:
-            return
-        invoice_id = invoice.id
-    charge(db, invoice_id, now)
+def _chunks(items: list[Due], size: int) -> Iterator[list[Due]]:
+    """Chunks of one environment, each in organization id order."""
+    for _, group in groupby(
+        sorted(items, key=lambda d: d.environment), key=lambda d: d.environment
+    ):
+        mine = sorted(group, key=lambda d: d.organization_id)
+        for start in range(0, len(mine), max(1, size)):
+            yield mine[start : start + size]
 
 
-def run_step(session: Session, catalog: Catalog, item: Due, step: str, now: datetime) -> bool:
-    """Run ``step`` of the close unless it was already recorded; record it. Never commits.
-    Returns whether the step ran. (The charge itself happens before the ``charge`` step is
-    recorded, outside the transaction: see ``close``.)"""
-    org, env, boundary = item.organization_id, item.environment, item.period.end
-    expired: list[tuple[str, str, int]] = []
-    if step == "expiry":  # before the balance lock: expire_due locks in its own (id) order
-        expired = ledger.expire_due(session, boundary, org, env)
-    ledger.lock_balance(session, org, env)
-    record = _record(session, item, now)
-    if _ORDER[record.step] >= _ORDER[step]:
-        return False
-    sub = session.get(Subscription, record.subscription_id)
-    if sub is None:  # pragma: no cover - the foreign key forbids it
-        raise LookupError(f"subscription {record.subscription_id} is gone")
-    if step == "statement":
-        statements.finalize(session, org, env, item.period)
-    elif step == "expiry":
-        record.expired_micros = sum(m for _, _, m in expired)
-        _settle_overage(session, sub, record, item.period)
-    elif step == "allocation":
-        allocated = subs.renew(session, catalog, sub, boundary)
-        record.allocated_micros = allocated.credits_micros if allocated else 0
-    elif step == "invoice":
-        record.invoice_id = invoices.issue(session, catalog, sub, record, item.period, now).id
-    else:
-        record.completed_at = now
-    record.step = step
-    record.updated_at = now
-    session.flush()
-    return True
+def _detail(exc: BaseException) -> str:
+    return exc.detail if isinstance(exc, CreditmeterError) else f"{type(exc).__name__}: {exc}"
 
 
-def _record(session: Session, item: Due, now: datetime) -> CycleClose:
-    record = session.scalars(
-        select(CycleClose).where(
-            CycleClose.organization_id == item.organization_id,
-            CycleClose.environment == item.environment,
-            CycleClose.period_start == item.period.start,
-        )
-    ).first()
-    if record is not None:
-        return record
-    sub = session.scalars(
-        select(Subscription).where(
-            Subscription.organization_id == item.organization_id,
-            Subscription.environment == item.environment,
-        )
-    ).one()
-    record = CycleClose(
-        organization_id=item.organization_id,
-        environment=item.environment,
-        subscription_id=sub.id,
-        period_start=item.period.start,
-        period_end=item.period.end,
-        step="started",
-        expired_micros=0,
-        allocated_micros=0,
-        overage_micros=0,
-        started_at=now,
-        updated_at=now,
+def _failed(result: CloseResult, step: str, exc: BaseException) -> None:
+    item = result.due
+    log.error(
+        "cycle close of %s (%s) for %s failed at the %s step; it resumes there at the next run",
+        item.organization_id,
+        item.environment,
+        item.period.label,
+        step,
+        exc_info=exc,
     )
-    session.add(record)
-    session.flush()
-    return record
+    result.error = _detail(exc)
 
 
-def _settle_overage(session: Session, sub: Subscription, record: CycleClose, of: Period) -> None:
-    """A plan that invoices overage in arrears: the arrears left at the boundary are billed, and
-    settled now by an ``adjustment`` lot (priority 0: it pays them first) bought at the plan's price
-    per credit, so the new month's credits start clean."""
-    terms = Terms.from_json(sub.terms)
-    balance = ledger.lock_balance(session, sub.organization_id, sub.environment)
-    if not terms.overage_in_arrears or balance.arrears_micros <= 0:
-        return
-    ledger.grant(
-        session,
-        sub.organization_id,
-        sub.environment,
-        ledger.GrantRequest(
+def _close_chunk(
+    db: Database,
+    catalog: Catalog,
+    chunk: list[Due],
+    now: datetime,
+    many: Callable[[], ChargeMany],
+    after_step: AfterStep | None,
+) -> list[CloseResult]:
+    """Run (or resume) the closes of one chunk (one period, one environment), one transaction per
+    step for the whole chunk. A step whose chunk transaction fails is run again organization by
+    organization, so only the failing ones fail; a failed close takes no further step."""
+    results = {item: CloseResult(item) for item in chunk}
+    live = list(chunk)
+    for step in STEPS:
+        if step == "charge" and live:
+            for item, exc in _charge(db, live, now, many).items():
+                _failed(results[item], step, exc)
+            live = [item for item in live if results[item].ok]
+        ran = _step_all(db, catalog, live, step, now, results)
+        live = [item for item in live if results[item].ok]
+        for item in live:
+            if item in ran:
+                results[item].steps_run.append(step)
+            if after_step:
+                try:
+                    after_step(item, step)
+                except Exception as exc:  # a crash injected by a test, or a hook that failed
+                    _failed(results[item], step, exc)
+        live = [item for item in live if results[item].ok]
+    try:
+        with db.read() as session:
+            _summarize(session, chunk, results)
+    except Exception as exc:  # pragma: no cover - a read after the commits
+        for item in live:
+            _failed(results[item], "charge", exc)
+    return [results[item] for item in chunk]
+
+
+def _step_all(
+    db: Database,
+    catalog: Catalog,
+    items: list[Due],
+    step: str,
+    now: datetime,
+    results: dict[Due, CloseResult],
+) -> set[Due]:
+    """Run ``step`` for ``items`` in one transaction; if that fails, for each on its own."""
+    if not items:
+        return set()
+    try:
+        with db.write() as session:
+            return run_step(session, catalog, items, step, now)
+    except Exception as exc:
+        if len(items) == 1:
+            _failed(results[items[0]], step, exc)
+            return set()
+        log.warning(
+            "the %s step of %d closes failed together; retrying one by one", step, len(items)
+        )
+    ran: set[Due] = set()
+    for item in items:
+        try:
+            with db.write() as session:
+                ran |= run_step(session, catalog, [item], step, now)
+        except Exception as exc:  # a batch job reports every failure and goes on with the others
+            _failed(results[item], step, exc)
+    return ran
+
+
+@dataclass
+class _Record:
+    """A close's ``CycleClose`` row, read and written with plain statements."""
+
+    id: int
+    organization_id: str
+    subscription_id: str
+    step: str
+    invoice_id: str | None
+    expired_micros: int
+    allocated_micros: int
+    overage_micros: int
+    overage_price_micros: int | None
+    completed_at: datetime | None
+
+
+_RECORDS = select(
+    CycleClose.id,
+    CycleClose.organization_id,
+    CycleClose.subscription_id,
+    CycleClose.step,
+    CycleClose.invoice_id,
+    CycleClose.expired_micros,
+    CycleClose.allocated_micros,
+    CycleClose.overage_micros,
+    CycleClose.overage_price_micros,
+    CycleClose.completed_at,
+)
+_CLOSES = cast(Table, CycleClose.__table__)
+_SAVE_RECORD = (
+    update(_CLOSES)
+    .where(_CLOSES.c.id == bindparam("b_id"))
+    .values(
+        step=bindparam("b_step"),
+        invoice_id=bindparam("b_invoice_id"),
+        expired_micros=bindparam("b_expired"),
+        allocated_micros=bindparam("b_allocated"),
+        overage_micros=bindparam("b_overage"),
+        overage_price_micros=bindparam("b_overage_price"),
+        completed_at=bindparam("b_completed_at", type_=UTCDateTime()),
+        updated_at=bindparam("b_now", type_=UTCDateTime()),
+    )
+)
+
+
+def run_step(
+    session: Session, catalog: Catalog, items: Sequence[Due], step: str, now: datetime
+) -> set[Due]:
+    """Run ``step`` of the closes in ``items`` (one period and one environment) that have not
+    recorded it yet, and record it; never commits. Locks the organizations' balances first, in id
+    order. Returns the closes for which the step ran. (The charge itself happens before the
+    ``charge`` step is recorded, outside the transaction: see ``_close_chunk``.)"""
+    period, env = items[0].period, items[0].environment
+    if any((item.period, item.environment) != (period, env) for item in items):
+        raise ValueError("a chunk of closes is of one period and one environment")
+    balances = ledger.lock_balances(session, [item.organization_id for item in items], env)
+    gone = sorted({item.organization_id for item in items} - set(balances))
+    if gone:
+        raise NotFound(f"organization {gone[0]} not found")
+    records = _records(session, items, now)
+    todo = [
+        records[i.organization_id]
+        for i in items
+        if _ORDER[records[i.organization_id].step] < _ORDER[step]
+    ]
+    if not todo:
+        return set()
+    boundary = period.end
+    if step == "statement":
+        statements.finalize_many(session, [r.organization_id for r in todo], env, period)
+    elif step == "expiry":
+        _expire(session, todo, balances, boundary, period)
+    elif step == "allocation":
+        renewing = subs.load_renewing(session, [r.subscription_id for r in todo])
+        allocated = subs.renew_many(
+            session, catalog, [renewing[r.subscription_id] for r in todo], balances, boundary
+        )
+        for r in todo:
+            r.allocated_micros = allocated[r.subscription_id]
+    elif step == "invoice":
+        _invoice(session, catalog, todo, period, now)
+    else:
+        for r in todo:
+            r.completed_at = now
+    for r in todo:
+        r.step = step
+    session.connection().execute(_SAVE_RECORD, [_saved(r, now) for r in todo])
+    done = {r.organization_id for r in todo}
+    return {item for item in items if item.organization_id in done}
+
+
+def _saved(r: _Record, now: datetime) -> dict[str, Any]:
+    return {
+        "b_id": r.id,
+        "b_step": r.step,
+        "b_invoice_id": r.invoice_id,
+        "b_expired": r.expired_micros,
+        "b_allocated": r.allocated_micros,
+        "b_overage": r.overage_micros,
+        "b_overage_price": r.overage_price_micros,
+        "b_completed_at": r.completed_at,
+        "b_now": now,
+    }
+
+
+def _records(session: Session, items: Sequence[Due], now: datetime) -> dict[str, _Record]:
+    """The close records of ``items`` by organization (under their locks), the missing ones
+    created (``started``) for the organization's subscription in the environment."""
+    period, env = items[0].period, items[0].environment
+    orgs = sorted({item.organization_id for item in items})
+    query = _RECORDS.where(
+        CycleClose.environment == env,
+        CycleClose.period_start == period.start,
+        CycleClose.organization_id.in_(orgs),
+    )
+    found = {row.organization_id: _Record(**row._asdict()) for row in session.execute(query)}
+    missing = [org for org in orgs if org not in found]
+    if not missing:
+        return found
+    query_subs = select(Subscription.organization_id, Subscription.id).where(
+        Subscription.environment == env, Subscription.organization_id.in_(missing)
+    )
+    subscribed: dict[str, str] = {}
+    for org, sub_id in session.execute(query_subs):
+        subscribed[org] = sub_id
+    unsubscribed = [org for org in missing if org not in subscribed]
+    if unsubscribed:
+        raise NotFound(f"organization {unsubscribed[0]} has no {env} subscription to close")
+    session.execute(
+        _CLOSES.insert(),
+        [
+            {
+                "organization_id": org,
+                "environment": env,
+                "subscription_id": subscribed[org],
+                "period_start": period.start,
+                "period_end": period.end,
+                "step": "started",
+                "expired_micros": 0,
+                "allocated_micros": 0,
+                "overage_micros": 0,
+                "started_at": now,
+                "updated_at": now,
+            }
+            for org in missing
+        ],
+    )
+    query = query.where(CycleClose.organization_id.in_(missing))
+    found.update({row.organization_id: _Record(**row._asdict()) for row in session.execute(query)})
+    return found
+
+
+def _expire(
+    session: Session,
+    todo: list[_Record],
+    balances: dict[str, ledger.LockedBalance],
+    boundary: datetime,
+    of: Period,
+) -> None:
+    """Expire the lots due at the boundary (the remainder to breakage), then settle the overage
+    of the plans that invoice it in arrears: the arrears left at the boundary are billed, and
+    settled now by an ``adjustment`` lot (priority 0: it pays them first) bought at the plan's
+    price per credit, so the new month's credits start clean."""
+    expired = ledger.expire_many(session, [balances[r.organization_id] for r in todo], boundary)
+    renewing = subs.load_renewing(session, [r.subscription_id for r in todo])
+    grants = []
+    for r in todo:
+        r.expired_micros = expired.get(r.organization_id, 0)
+        terms = Terms.from_json(renewing[r.subscription_id].terms)
+        balance = balances[r.organization_id]
+        if not terms.overage_in_arrears or balance.arrears_micros <= 0:
+            continue
+        r.overage_micros = balance.arrears_micros
+        r.overage_price_micros = terms.credit_price_micros
+        request = ledger.GrantRequest(
             amount_micros=balance.arrears_micros,
             source=LotSource.ADJUSTMENT,
             reason=f"overage of {of.label} billed on the invoice of {of.label}",
-            effective_at=of.end,
+            effective_at=boundary,
             expires_at=None,
             priority=0,
             cost_basis_micros=terms.credit_price_micros,
             currency=terms.currency,
-        ),
-        of.end,
-    )
-    record.overage_micros = balance.arrears_micros
-    record.overage_price_micros = terms.credit_price_micros
-
-
-def _summarize(session: Session, item: Due, result: CloseResult) -> None:
-    record = _record_of(session, item)
-    if record is None:
-        return
-    result.expired_micros = record.expired_micros
-    result.allocated_micros = record.allocated_micros
-    invoice = session.get(Invoice, record.invoice_id) if record.invoice_id else None
-    if invoice is not None:
-        result.invoice_number = invoice.number
-        result.total_minor = invoice.total_minor
-        result.currency = invoice.currency
-
-
-def _record_of(session: Session, item: Due) -> CycleClose | None:
-    return session.scalars(
-        select(CycleClose).where(
-            CycleClose.organization_id == item.organization_id,
-            CycleClose.environment == item.environment,
-            CycleClose.period_start == item.period.start,
         )
-    ).first()
+        grants.append((balance, request))
+    ledger.grant_many(session, grants, boundary)
+
+
+def _invoice(
+    session: Session, catalog: Catalog, todo: list[_Record], of: Period, now: datetime
+) -> None:
+    renewing = subs.load_renewing(session, [r.subscription_id for r in todo])
+    issued = invoices.issue_many(
+        session,
+        catalog,
+        [
+            invoices.ToIssue(
+                subscription_id=r.subscription_id,
+                organization_id=r.organization_id,
+                environment=renewing[r.subscription_id].environment,
+                currency=Terms.from_json(renewing[r.subscription_id].terms).currency,
+                overage_micros=r.overage_micros,
+                overage_price_micros=r.overage_price_micros,
+            )
+            for r in todo
+        ],
+        of,
+        now,
+    )
+    for r in todo:
+        r.invoice_id = issued[r.organization_id]
+
+
+def _charge_many(charge: Charge) -> Callable[[], ChargeMany]:
+    """The charge of a run, resolved (and the default provider built) once, on first use."""
+    built: list[ChargeMany] = []
+
+    def resolve() -> ChargeMany:
+        if not built:
+            if charge is invoices.charge:
+                built.append(invoices.close_charger().many)
+            elif callable(getattr(charge, "many", None)):
+                built.append(charge.many)  # type: ignore[attr-defined]
+            else:
+                built.append(_one_by_one(charge))
+        return built[0]
+
+    return resolve
+
+
+def _one_by_one(charge: Charge) -> ChargeMany:
+    def many(db: Database, invoice_ids: Sequence[str], now: datetime) -> dict[str, Exception]:
+        failures: dict[str, Exception] = {}
+        for invoice_id in invoice_ids:
+            try:
+                charge(db, invoice_id, now)
+            except Exception as exc:  # reported for its close; the others go on
+                failures[invoice_id] = exc
+        return failures
+
+    return many
+
+
+def _charge(
+    db: Database, items: list[Due], now: datetime, many: Callable[[], ChargeMany]
+) -> dict[Due, Exception]:
+    """Call the payment hook, outside any transaction, for the open invoices of the closes whose
+    charge step is not recorded yet. Returns the failures."""
+    period, env = items[0].period, items[0].environment
+    by_org = {item.organization_id: item for item in items}
+    with db.read() as session:
+        rows = session.execute(
+            select(CycleClose.organization_id, CycleClose.invoice_id)
+            .join(Invoice, Invoice.id == CycleClose.invoice_id)
+            .where(
+                CycleClose.environment == env,
+                CycleClose.period_start == period.start,
+                CycleClose.organization_id.in_(sorted(by_org)),
+                CycleClose.step == "invoice",
+                Invoice.status == invoices.OPEN,
+            )
+            .order_by(CycleClose.organization_id)
+        ).all()
+    if not rows:
+        return {}
+    of_invoice = {str(invoice_id): by_org[org] for org, invoice_id in rows}
+    try:
+        failures = many()(db, list(of_invoice), now)
+    except Exception as exc:  # the whole hook failed: every close of the chunk reports it
+        return dict.fromkeys(of_invoice.values(), exc)
+    return {of_invoice[invoice_id]: exc for invoice_id, exc in failures.items()}
+
+
+def _summarize(session: Session, chunk: list[Due], results: dict[Due, CloseResult]) -> None:
+    period, env = chunk[0].period, chunk[0].environment
+    by_org = {item.organization_id: item for item in chunk}
+    rows = session.execute(
+        select(
+            CycleClose.organization_id,
+            CycleClose.expired_micros,
+            CycleClose.allocated_micros,
+            Invoice.number,
+            Invoice.total_minor,
+            Invoice.currency,
+        )
+        .outerjoin(Invoice, Invoice.id == CycleClose.invoice_id)
+        .where(
+            CycleClose.environment == env,
+            CycleClose.period_start == period.start,
+            CycleClose.organization_id.in_(sorted(by_org)),
+        )
+    )
+    for org, expired, allocated, number, total, currency in rows:
+        result = results[by_org[org]]
+        result.expired_micros = expired
+        result.allocated_micros = allocated
+        if number is not None:
+            result.invoice_number = number
+            result.total_minor = total
+            result.currency = currency

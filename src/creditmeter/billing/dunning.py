@@ -220,9 +220,13 @@ def _invalid(code: str, message: str) -> InvalidRequest:
 
 
 def _attempt(db: Database, provider: PaymentProvider, plan: _Plan, now: datetime) -> Attempt:
-    key = charge_key(plan.invoice_id, plan.number)
+    return _record_one(db, provider, plan, _send(provider, plan), now)
+
+
+def _send(provider: PaymentProvider, plan: _Plan) -> ChargeResult:
+    """Call the processor (no transaction is open), or fail at once without a payment method."""
     if plan.token is None:
-        result = ChargeResult(
+        return ChargeResult(
             "failed",
             plan.amount_minor,
             plan.currency,
@@ -230,16 +234,21 @@ def _attempt(db: Database, provider: PaymentProvider, plan: _Plan, now: datetime
             NO_PAYMENT_METHOD,
             "the organization has no payment method to charge",
         )
-    else:
-        result = provider.charge(
-            plan.amount_minor, plan.currency, plan.customer_id, plan.token, key, plan.description
-        )
+    key = charge_key(plan.invoice_id, plan.number)
+    return provider.charge(
+        plan.amount_minor, plan.currency, plan.customer_id, plan.token, key, plan.description
+    )
+
+
+def _record_one(
+    db: Database, provider: PaymentProvider, plan: _Plan, result: ChargeResult, now: datetime
+) -> Attempt:
     try:
         with db.write() as session:
             return record(session, plan, result, provider.name, now)
     except IntegrityError:  # a concurrent twin recorded this attempt first
         with db.read() as session:
-            return _recorded(session, plan, key)
+            return _recorded(session, plan, charge_key(plan.invoice_id, plan.number))
 
 
 def _recorded(session: Session, plan: _Plan, key: str) -> Attempt:
@@ -337,13 +346,152 @@ def charge_at_close(
     return _attempt(db, provider, plan, now)
 
 
-def charger(provider: PaymentProvider) -> Callable[[Database, str, datetime], None]:
+def charge_many_at_close(
+    db: Database, provider: PaymentProvider, invoice_ids: Sequence[str], now: datetime
+) -> dict[str, Exception]:
+    """``charge_at_close`` for several invoices (a chunk of cycle closes): what the attempts need
+    read in one session with one query each, each invoice charged outside any transaction, the
+    outcomes recorded in one write transaction (each in its own if that one fails). Returns the
+    failures by invoice id; the others are charged once, as ``charge_at_close`` would."""
+    with db.read() as session:
+        plans = _first_attempts(session, invoice_ids)
+    failures: dict[str, Exception] = {}
+    sent: list[tuple[_Plan, ChargeResult]] = []
+    for plan in plans:
+        try:
+            sent.append((plan, _send(provider, plan)))
+        except Exception as exc:  # reported for its invoice; the others go on
+            failures[plan.invoice_id] = exc
+    if not sent:
+        return failures
+    try:
+        with db.write() as session:
+            for plan, result in sent:
+                record(session, plan, result, provider.name, now)
+    except Exception:
+        log.warning("recording %d charges together failed; recording them one by one", len(sent))
+        for plan, result in sent:
+            try:
+                _record_one(db, provider, plan, result, now)
+            except Exception as exc:  # reported for its invoice; the others go on
+                failures[plan.invoice_id] = exc
+    return failures
+
+
+def _first_attempts(session: Session, invoice_ids: Sequence[str]) -> list[_Plan]:
+    """Attempt 1 at each invoice that was never charged and is still open (``_plan`` for many:
+    attempts counted before the status is read), in organization order (the lock order)."""
+    ids = sorted(set(invoice_ids))
+    tried = set(
+        session.scalars(
+            select(Payment.reference_id)
+            .where(
+                Payment.purpose == PURPOSE,
+                Payment.kind == "charge",
+                Payment.reference_id.in_(ids),
+            )
+            .distinct()
+        )
+    )
+    rows = session.execute(
+        select(
+            Invoice.id,
+            Invoice.organization_id,
+            Invoice.environment,
+            Invoice.total_minor,
+            Invoice.currency,
+            Invoice.number,
+        ).where(
+            Invoice.id.in_([i for i in ids if i not in tried]),
+            Invoice.status.in_([invoices.OPEN, invoices.PAST_DUE]),
+        )
+    ).all()
+    orgs_ = sorted({row.organization_id for row in rows})
+    methods: dict[tuple[str, str], tuple[str, str, str]] = {}
+    for method_id, org, env, token, provider in session.execute(
+        select(
+            PaymentMethod.id,
+            PaymentMethod.organization_id,
+            PaymentMethod.environment,
+            PaymentMethod.token,
+            PaymentMethod.provider,
+        )
+        .where(
+            PaymentMethod.organization_id.in_(orgs_),
+            PaymentMethod.detached_at.is_(None),
+            PaymentMethod.is_default.is_(True),
+        )
+        .order_by(PaymentMethod.id)
+    ):
+        methods.setdefault((org, env), (method_id, token, provider))
+    customers = {
+        (org, env, provider): customer
+        for org, env, provider, customer in session.execute(
+            select(
+                PaymentCustomer.organization_id,
+                PaymentCustomer.environment,
+                PaymentCustomer.provider,
+                PaymentCustomer.provider_customer_id,
+            ).where(PaymentCustomer.organization_id.in_(orgs_))
+        )
+    }
+    plans = []
+    for row in sorted(rows, key=lambda r: (r.organization_id, r.id)):
+        method = methods.get((row.organization_id, row.environment))
+        customer = None
+        if method is not None:
+            customer = customers.get((row.organization_id, row.environment, method[2]))
+        plans.append(
+            _Plan(
+                row.id,
+                1,
+                row.total_minor,
+                row.currency,
+                f"creditmeter invoice {row.number}",
+                method[0] if method else None,
+                method[1] if method else None,
+                customer or "",
+            )
+        )
+    return plans
+
+
+class Charger:
+    """The cycle close's charge hook (``cycle.Charge``) bound to a provider; ``many`` charges a
+    chunk's invoices at once (``charge_many_at_close``)."""
+
+    def __init__(self, provider: PaymentProvider) -> None:
+        self.provider = provider
+
+    def __call__(self, db: Database, invoice_id: str, now: datetime) -> None:
+        charge_at_close(db, self.provider, invoice_id, now)
+
+    def many(self, db: Database, invoice_ids: Sequence[str], now: datetime) -> dict[str, Exception]:
+        return charge_many_at_close(db, self.provider, invoice_ids, now)
+
+
+class LazyCharger:
+    """A ``Charger`` whose provider is built (once) on first use, for the database it is used with."""
+
+    def __init__(self, build: Callable[[Database], PaymentProvider]) -> None:
+        self.build = build
+        self.provider: PaymentProvider | None = None
+
+    def _provider(self, db: Database) -> PaymentProvider:
+        if self.provider is None:
+            self.provider = self.build(db)
+        return self.provider
+
+    def __call__(self, db: Database, invoice_id: str, now: datetime) -> None:
+        charge_at_close(db, self._provider(db), invoice_id, now)
+
+    def many(self, db: Database, invoice_ids: Sequence[str], now: datetime) -> dict[str, Exception]:
+        return charge_many_at_close(db, self._provider(db), invoice_ids, now)
+
+
+def charger(provider: PaymentProvider) -> Charger:
     """The cycle close's charge hook (``cycle.Charge``) bound to ``provider``."""
-
-    def charge(db: Database, invoice_id: str, now: datetime) -> None:
-        charge_at_close(db, provider, invoice_id, now)
-
-    return charge
+    return Charger(provider)
 
 
 def pay(

@@ -446,6 +446,12 @@ def grant(
     now: datetime,
 ) -> str:
     """Create a lot and issue its credits; outstanding arrears are paid first. Returns the lot id."""
+    _check_grant(request)
+    balance = lock_balance(session, organization_id, environment)
+    return grant_many(session, [(balance, request)], now)[0]
+
+
+def _check_grant(request: GrantRequest) -> None:
     if request.amount_micros <= 0:
         raise InvalidRequest("a grant must be positive", code="invalid_credits")
     if request.cost_basis_micros < 0:
@@ -459,37 +465,93 @@ def grant(
         )
     if request.expires_at is not None and request.expires_at <= request.effective_at:
         raise InvalidRequest("expires_at must be later than effective_at", code="invalid_expiry")
-    balance = lock_balance(session, organization_id, environment)
-    lot_id = new_id("lot")
-    balance.lots = None
+
+
+def grant_many(
+    session: Session, items: Sequence[tuple[LockedBalance, GrantRequest]], now: datetime
+) -> list[str]:
+    """:func:`grant` for several locked organizations at once (each balance at most once): the lots
+    in one insert, the issuances through :func:`post_batch`, then each organization's outstanding
+    arrears paid from its lots in burn order (one more :func:`post_batch`). Every request is checked
+    before anything is written. Returns the lot ids, in order."""
+    for _, request in items:
+        _check_grant(request)
+    if not items:
+        return []
+    lot_ids = [new_id("lot") for _ in items]
     session.connection().execute(
-        insert(Lot).values(
-            id=lot_id,
-            organization_id=organization_id,
-            environment=environment,
-            source=request.source.value,
-            amount_micros=request.amount_micros,
-            remaining_micros=0,
-            effective_at=request.effective_at,
-            expires_at=request.expires_at,
-            priority=request.priority,
-            cost_basis_micros=request.cost_basis_micros,
-            currency=request.currency,
-            reason=request.reason[:500],
-            created_at=now,
-        )
-    )
-    issuance = TransactionDraft(
-        "grant",
-        request.reason,
+        insert(Lot),
         [
-            Posting(Account.LOT, request.amount_micros, lot_id),
-            Posting(Account.issuance(request.source.value), -request.amount_micros),
+            {
+                "id": lot_id,
+                "organization_id": balance.organization_id,
+                "environment": balance.environment,
+                "source": r.source.value,
+                "amount_micros": r.amount_micros,
+                "remaining_micros": 0,
+                "effective_at": r.effective_at,
+                "expires_at": r.expires_at,
+                "priority": r.priority,
+                "cost_basis_micros": r.cost_basis_micros,
+                "currency": r.currency,
+                "reason": r.reason[:500],
+                "created_at": now,
+            }
+            for lot_id, (balance, r) in zip(lot_ids, items, strict=True)
         ],
     )
-    post(session, balance, [issuance], now)
-    settle_arrears(session, balance, now)
-    return lot_id
+    balances = [balance for balance, _ in items]
+    _load_lots(session, balances)
+    for lot_id, (balance, r) in zip(lot_ids, items, strict=True):
+        assert balance.lots is not None
+        balance.lots[lot_id] = LotState(
+            lot_id, r.source.value, 0, r.effective_at, r.expires_at, r.priority, now
+        )
+    issuances = [
+        (
+            balance,
+            [
+                TransactionDraft(
+                    "grant",
+                    r.reason,
+                    [
+                        Posting(Account.LOT, r.amount_micros, lot_id),
+                        Posting(Account.issuance(r.source.value), -r.amount_micros),
+                    ],
+                )
+            ],
+        )
+        for lot_id, (balance, r) in zip(lot_ids, items, strict=True)
+    ]
+    post_batch(session, issuances, now)
+    settle_arrears_many(session, balances, now)
+    return lot_ids
+
+
+def _load_lots(session: Session, balances: Sequence[LockedBalance]) -> None:
+    by_env: dict[str, list[LockedBalance]] = defaultdict(list)
+    for balance in balances:
+        by_env[balance.environment].append(balance)
+    for group in by_env.values():
+        load_lots_of(session, group)
+
+
+def settle_arrears_many(session: Session, balances: Sequence[LockedBalance], now: datetime) -> None:
+    """:func:`settle_arrears` for several locked organizations, posted with one :func:`post_batch`."""
+    owing = [b for b in balances if b.arrears_micros > 0]
+    _load_lots(session, owing)
+    items = []
+    for balance in owing:
+        plan = domain.plan_arrears_settlement(
+            lot_states(session, balance), balance.arrears_micros, now
+        )
+        postings = domain.settlement_postings(plan)
+        if postings:
+            draft = TransactionDraft(
+                "arrears_settlement", "new credits pay outstanding arrears", postings
+            )
+            items.append((balance, [draft]))
+    post_batch(session, items, now)
 
 
 @dataclass(frozen=True)
@@ -578,17 +640,33 @@ def expire_due(
     results = []
     for org, env in session.execute(due).all():
         balance = lock_balance(session, org, env)
+        total = expire_many(session, [balance], now).get(org)
+        if total:
+            results.append((org, env, total))
+    return results
+
+
+def expire_many(
+    session: Session, balances: Sequence[LockedBalance], now: datetime
+) -> dict[str, int]:
+    """Post the remainder of every lot of these locked organizations whose expiry has come to
+    breakage: one ``expiry`` transaction per organization that has any, all through one
+    :func:`post_batch`, the lots loaded with one query. Returns the micros expired per organization
+    (only those that expired something); running it twice expires nothing the second time."""
+    _load_lots(session, balances)
+    items = []
+    expired: dict[str, int] = {}
+    for balance in balances:
         lots = [lot for lot in lot_states(session, balance) if domain.is_due_to_expire(lot, now)]
         if not lots:
             continue
         total = sum(lot.remaining_micros for lot in lots)
         postings = [Posting(Account.LOT, -lot.remaining_micros, lot.id) for lot in lots]
         postings.append(Posting(Account.BREAKAGE, total))
-        post(
-            session, balance, [TransactionDraft("expiry", "unused credits expired", postings)], now
-        )
-        results.append((org, env, total))
-    return results
+        items.append((balance, [TransactionDraft("expiry", "unused credits expired", postings)]))
+        expired[balance.organization_id] = total
+    post_batch(session, items, now)
+    return expired
 
 
 def get_balance(
