@@ -21,6 +21,7 @@ from creditmeter.billing.payments.models import (
     PaymentCustomer,
     PaymentMethod,
     Purchase,
+    Refund,
 )
 from creditmeter.billing.payments.sandbox_models import (
     SandboxCharge,
@@ -60,6 +61,7 @@ __all__ = [
     "Project",
     "ProjectUsage",
     "Purchase",
+    "Refund",
     "SandboxCharge",
     "SandboxCustomer",
     "SandboxPaymentMethod",

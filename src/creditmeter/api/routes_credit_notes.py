@@ -42,8 +42,13 @@ def credit_note_json(note: CreditNote, invoice_number: str) -> dict[str, Any]:
         "reference": note.reference,
         "reason": note.reason,
         "credits": format_credits(note.credits_micros),
+        "credits_returned": format_credits(note.credits_micros - note.billed_micros),
+        "credits_billed": format_credits(note.billed_micros),
         "amount": {"amount_minor": note.amount_minor, "currency": note.currency},
         "transaction_id": f"txn_{note.transaction_id}",
+        "clawback_transaction_id": (
+            f"txn_{note.clawback_transaction_id}" if note.clawback_transaction_id else None
+        ),
         "created_at": note.created_at,
         "pdf_url": f"/v1/credit-notes/{note.id}/pdf",
     }

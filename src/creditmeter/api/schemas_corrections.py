@@ -24,12 +24,23 @@ class CreditNoteOut(BaseModel):
         description="What was corrected: a usage event or a journal transaction."
     )
     reason: str
-    credits: str = Field(description="Credits given back to the organization by the correction.")
+    credits: str = Field(description="Credits the correction covers (what the original cost).")
+    credits_returned: str = Field(
+        description="Of those, the credits given back as credits (they were paid from prepaid lots)."
+    )
+    credits_billed: str = Field(
+        description="Of those, the credits the invoice billed as overage: they come back as money "
+        "(`amount`) only, never also as credits."
+    )
     amount: Money = Field(
         description="Money credited: what the invoice billed for those credits (overage), else 0. "
         "Deducted as a credit_note line on the next invoices."
     )
     transaction_id: str = Field(description="The ledger transaction that re-credited the credits.")
+    clawback_transaction_id: str | None = Field(
+        description="The ledger transaction (kind credit_note) that took `credits_billed` off "
+        "again, when there were any."
+    )
     created_at: datetime
     pdf_url: str = Field(description="The credit note as a PDF: GET /v1/credit-notes/{id}/pdf.")
 

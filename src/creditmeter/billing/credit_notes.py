@@ -13,9 +13,17 @@ same transaction; the invoice itself is never edited.
   takes credits away (a reversed grant) is not a credit note.
 - **Money** (``amount_minor``): only when the invoice billed money for the credits, i.e. overage of a
   plan with ``overage_in_arrears``. The part of the original that ran into arrears is taken to be
-  the part billed as overage, up to the overage of that invoice not yet credited by earlier notes,
-  at the invoice's overage price, rounded once, half to even, and never more than the overage line
-  minus earlier notes. Otherwise 0: prepaid credits are corrected in credits.
+  the part billed as overage (``billed_micros``), up to the overage of that invoice not yet
+  credited by earlier notes, at the invoice's overage price, rounded once, half to even, and never
+  more than the overage line minus earlier notes. Otherwise 0: prepaid credits are corrected in
+  credits.
+- **Each credit comes back once, in the form it was paid**: credits paid from prepaid lots come back
+  as credits; the credits billed as overage come back as money only. The ledger's correction gave
+  every credit back, so for ``billed_micros`` a second journal transaction in the same database
+  transaction (kind ``credit_note``, naming the note) takes them off again: from the zero-cost
+  adjustment lot the correction put the paid-off arrears in, and for the rest by restoring the
+  arrears the correction had paid down. Its counter-account is ``issuance:adjustment``, the account
+  that issued the overage settlement: money refunded, that issuance is withdrawn.
 - **Numbers** are gapless per operator, year of issue and environment (``CN-2026-000001``,
   ``CN-TEST-2026-000001``), from the same counter table as invoice numbers.
 - **Later invoices**: a note with money is deducted as a ``credit_note`` line (negative) on the next
@@ -41,18 +49,23 @@ from creditmeter.billing.models import (
     Invoice,
     InvoiceLine,
 )
+from creditmeter.kit.credits import format_credits
 from creditmeter.kit.ids import new_id
 from creditmeter.kit.pagination import decode_cursor
+from creditmeter.ledger import service as ledger
 from creditmeter.ledger.consumption import Allocation
-from creditmeter.ledger.domain import Account
-from creditmeter.ledger.models import JournalTransaction
-from creditmeter.ledger.service import transaction_postings
+from creditmeter.ledger.domain import Account, LotSource, Posting
+from creditmeter.ledger.models import JournalTransaction, Lot
+from creditmeter.ledger.models import Posting as PostingRow
+from creditmeter.ledger.service import TransactionDraft, transaction_postings
 from creditmeter.metering.models import UsageEvent
 from creditmeter.orgs import service as orgs
 
 PREFIX = "CN"
 USAGE_REVERSAL = "usage_reversal"
 LEDGER_REVERSAL = "ledger_reversal"
+#: The journal kind of the transaction that takes back the credits a note refunds as money.
+CLAWBACK_KIND = "credit_note"
 
 
 @dataclass(frozen=True)
@@ -176,7 +189,66 @@ def issue(session: Session, correction: Correction, now: datetime) -> CreditNote
     )
     session.add(note)
     session.flush()
+    if billed:
+        note.clawback_transaction_id = _take_back(session, note, invoice, now)
+        session.flush()
     return note
+
+
+def _take_back(session: Session, note: CreditNote, invoice: Invoice, now: datetime) -> int:
+    """Take off again the ``billed_micros`` the correction gave back as credits: first from the
+    zero-cost adjustment lots that correction created (where paid-off arrears come back), then by
+    restoring the arrears it paid down. Returns the journal transaction's id."""
+    balance = ledger.lock_balance(session, note.organization_id, note.environment)
+    left = note.billed_micros
+    postings: list[Posting] = []
+    for lot_id, remaining in _lots_created_by(session, note.transaction_id):
+        take = min(left, remaining)
+        if take:
+            postings.append(Posting(Account.LOT, -take, lot_id))
+            left -= take
+    if left:
+        postings.append(Posting(Account.ARREARS, -left))
+    postings.append(Posting(Account.issuance(LotSource.ADJUSTMENT.value), note.billed_micros))
+    money = domain.format_money(note.amount_minor, note.currency)
+    description = (
+        f"credit note {note.number}: {format_credits(note.billed_micros)} credits of "
+        f"{note.reference}, billed as overage on {invoice.number}, refunded as money "
+        f"({note.currency} {money}), not as credits"
+    )
+    draft = TransactionDraft(CLAWBACK_KIND, description, postings)
+    txn_id = ledger.post(session, balance, [draft], now)[0]
+    ledger.settle_arrears(session, balance, now)
+    return txn_id
+
+
+def _lots_created_by(session: Session, transaction_id: int) -> list[tuple[str, int]]:
+    """(lot, credits left) of the zero-cost adjustment lots whose first posting is this
+    transaction, newest posting first."""
+    first = (
+        select(PostingRow.lot_id, func.min(PostingRow.transaction_id).label("first"))
+        .where(
+            PostingRow.lot_id.in_(
+                select(PostingRow.lot_id).where(
+                    PostingRow.transaction_id == transaction_id, PostingRow.amount_micros > 0
+                )
+            )
+        )
+        .group_by(PostingRow.lot_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Lot.id, Lot.remaining_micros)
+        .join(first, first.c.lot_id == Lot.id)
+        .where(
+            first.c.first == transaction_id,
+            Lot.source == LotSource.ADJUSTMENT.value,
+            Lot.cost_basis_micros == 0,
+            Lot.remaining_micros > 0,
+        )
+        .order_by(Lot.id.desc())
+    ).all()
+    return [(r.id, int(r.remaining_micros)) for r in rows]
 
 
 def _billed_money(session: Session, invoice: Invoice, correction: Correction) -> tuple[int, int]:

@@ -248,7 +248,8 @@ class CreditNote(Base):
     the money credited. Issued against the invoice, which itself is never edited. Numbers are
     gapless like invoice numbers (``CN-2026-000001``, counted in ``invoice_counters``);
     ``transaction_id`` is the ledger transaction that re-credited the organization (one note each).
-    ``billed_micros`` are the credits of the note the invoice billed money for."""
+    ``billed_micros`` are the credits of the note the invoice billed money for: they come back as
+    money only, so ``clawback_transaction_id`` took them off again (each credit comes back once)."""
 
     __tablename__ = "credit_notes"
     __table_args__ = (
@@ -273,6 +274,8 @@ class CreditNote(Base):
     currency: Mapped[str] = mapped_column(String(3))
     transaction_id: Mapped[int] = mapped_column(BigInteger, unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: The journal transaction that took back the credits refunded as money (``billed_micros``).
+    clawback_transaction_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
 
 
 class CreditNoteApplication(Base):

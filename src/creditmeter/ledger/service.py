@@ -733,6 +733,8 @@ _REVERSED_ELSEWHERE = {
     "usage_reversal": "a usage correction cannot be reversed; record the usage again instead",
     "hold": "a hold is undone by releasing it: DELETE /v1/holds/{hold_id}",
     "release": "a hold release cannot be reversed; place a new hold instead",
+    "credit_note": "credits a credit note refunded as money stay refunded; grant credits instead",
+    "refund": "credits taken back by a refund stay taken back; grant credits instead",
 }
 
 

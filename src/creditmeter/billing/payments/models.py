@@ -73,7 +73,9 @@ class PaymentMethod(Base):
 class Payment(Base):
     """One line of billing history: a charge or a refund, succeeded or failed, with the processor's
     reason. ``idempotency_key`` is the key the processor was called with (unique: one row per
-    attempt); ``reference_id`` names what it paid for (a purchase, an invoice)."""
+    attempt); ``reference_id`` names what it paid for (a purchase, an invoice). A charge's
+    ``refunded_minor`` is what succeeded refunds gave back of it; a refund names its charge in
+    ``refund_of_id``."""
 
     __tablename__ = "payments"
     __table_args__ = (
@@ -102,6 +104,47 @@ class Payment(Base):
     provider_id: Mapped[str | None] = mapped_column(String(255))
     idempotency_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    refund_of_id: Mapped[str | None] = mapped_column(ForeignKey("payments.id"))
+
+
+class Refund(Base):
+    """An operator's refund of a succeeded charge: ``pending`` until the processor's answer is
+    recorded, then ``succeeded`` or ``failed``. ``credits_micros`` are the credits a refund of a
+    purchase takes back from ``lot_id`` (0 for an invoice payment); ``transaction_id`` is the journal
+    transaction that took them. ``refund_payment_id`` is its row in the billing history.
+    ``idempotency_key`` is the client's key (unique per charge) and ``request_hash`` what it was sent
+    with; the processor is called with ``refund:<id>``, so finishing a pending refund never refunds
+    twice."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        UniqueConstraint("payment_id", "idempotency_key"),
+        CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status_known"),
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint("credits_micros >= 0", name="credits_not_negative"),
+        Index("ix_refunds_org_env_id", "organization_id", "environment", "id"),
+        Index("ix_refunds_payment_id_status", "payment_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    environment: Mapped[str] = mapped_column(String(10))
+    payment_id: Mapped[str] = mapped_column(ForeignKey("payments.id"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    credits_micros: Mapped[int] = mapped_column(BigInteger)
+    lot_id: Mapped[str | None] = mapped_column(ForeignKey("lots.id"))
+    reason: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(10))
+    failure_code: Mapped[str | None] = mapped_column(String(60))
+    failure_message: Mapped[str | None] = mapped_column(String(500))
+    refund_payment_id: Mapped[str | None] = mapped_column(ForeignKey("payments.id"))
+    transaction_id: Mapped[int | None] = mapped_column(BigInteger)
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Purchase(Base):
