@@ -31,6 +31,7 @@ from creditmeter.billing.payments.sandbox_models import (
 )
 from creditmeter.kit.db import Base
 from creditmeter.kit.idempotency import IdempotencyRecord
+from creditmeter.kit.outbox import Job
 from creditmeter.ledger.models import Balance, JournalTransaction, Lot, Posting
 from creditmeter.metering.models import Hold, ProjectUsage, UsageEvent
 from creditmeter.orgs.models import ApiKey, Member, Organization, Project
@@ -49,6 +50,7 @@ __all__ = [
     "Invoice",
     "InvoiceCounter",
     "InvoiceLine",
+    "Job",
     "JournalTransaction",
     "Lot",
     "Member",

@@ -74,6 +74,7 @@ class Balance(Base):
     ``lots_micros`` = sum of all lot postings (= sum of ``lots.remaining_micros``);
     ``arrears_micros`` = minus the ``arrears`` account (never negative);
     ``held_micros`` = the ``held`` account.
+    ``watch_below_micros`` is no sum: the low-balance mark of ``ledger.watch``.
     """
 
     __tablename__ = "balances"
@@ -84,4 +85,7 @@ class Balance(Base):
     lots_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     arrears_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     held_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: When a write leaves available credits below this, the ledger enqueues a ``low_balance`` job
+    #: (``ledger.watch``); None: not watched.
+    watch_below_micros: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
