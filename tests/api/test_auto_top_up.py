@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from creditmeter.billing import auto_top_up
+from creditmeter.billing.payments.models import Purchase
 from creditmeter.billing.payments.provider import CardSource, PaymentError
 from creditmeter.billing.payments.sandbox import SandboxProvider
 from creditmeter.billing.plans import load_catalog
@@ -20,6 +20,7 @@ from creditmeter.kit.credits import parse_credits
 from creditmeter.kit.db import Database
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.verify import verify
+from creditmeter.worker import runner
 from tests.api.test_bad_input import assert_problem
 from tests.api.test_payments import JAN_16, add_card, available, url
 
@@ -58,7 +59,10 @@ def spend_down_to(db: Database, client: TestClient, org: str, admin: Headers, le
 
 
 def run(db: Database) -> list[Any]:
-    return auto_top_up.run_due(db, SandboxProvider(db), load_catalog(), clock.now())
+    """The worker's outbox step: every due job; the purchases the auto top-up jobs made."""
+    outcomes = runner.run_jobs(db, SandboxProvider(db), load_catalog(), clock.now())
+    assert [o.error for o in outcomes if o.error] == []
+    return [o.result for o in outcomes if isinstance(o.result, Purchase)]
 
 
 def test_auto_top_up_buys_once_below_the_threshold_and_respects_cooldown_and_cap(

@@ -1,6 +1,13 @@
 """Guarded auto top-up: buy a chosen amount with the default payment method when available credits
 fall below a threshold.
 
+How it is triggered: enabling sets the threshold as the balance's low-balance mark
+(``ledger.watch``); a write that leaves available credits below it (usage, a hold, a debit, an
+expiry, through the ledger's one write path) enqueues one ``low_balance`` job in the outbox
+(``kit.outbox``) in the same transaction, and the worker runs :func:`on_low_balance` for it.
+Enabling while already below the threshold enqueues at once; the worker's periodic sweep enqueues
+for any watched balance still below its mark.
+
 Guards (all checked under the organization's write lock, so two workers never both buy):
 
 - **one in flight**: no new top-up while one of the organization's auto top-up purchases is pending;
@@ -9,10 +16,16 @@ Guards (all checked under the organization's write lock, so two workers never bo
   the next purchase stays within ``monthly_limit_minor``; beyond it the top-up waits for the next
   cycle;
 - **a decline turns it off**: the setting is disabled with the processor's reason
-  (``disabled_reason``) instead of retrying in a loop; the organization re-enables it with a PUT.
+  (``disabled_reason``) and the mark removed, instead of retrying in a loop; the organization
+  re-enables it with a PUT.
+
+A job stopped by the cooldown, a purchase in flight or the cap enqueues its own follow-up for when
+that ends, so a balance left low is topped up then without waiting for more usage.
 
 The purchase itself is an ordinary purchase (``billing.purchases``) with purpose ``auto_top_up``:
-charged outside any transaction, granted on success, recorded in the billing history.
+charged outside any transaction, granted on success, recorded in the billing history. Its
+idempotency key is the job's (``auto-top-up:job:<id>``): a job run again after a crash finds the
+purchase it began and finishes it with the same processor key, never charging twice.
 """
 
 from __future__ import annotations
@@ -29,13 +42,18 @@ from creditmeter.billing.payments import methods as payment_methods
 from creditmeter.billing.payments.models import AutoTopUp, Purchase
 from creditmeter.billing.payments.provider import PaymentProvider
 from creditmeter.errors import InvalidRequest, NotFound
+from creditmeter.kit import outbox
 from creditmeter.kit.db import Database
 from creditmeter.kit.ids import new_id
 from creditmeter.ledger import service as ledger
+from creditmeter.ledger import watch
 from creditmeter.orgs import service as orgs
 
 #: The shortest time between two attempts of one organization.
 COOLDOWN = timedelta(minutes=10)
+#: When a purchase is still in flight, look again this much later (a purchase left pending by a
+#: crash is finished by the worker after ``worker.runner.PENDING_PURCHASE_AGE``).
+IN_FLIGHT_RECHECK = timedelta(minutes=6)
 PURPOSE = "auto_top_up"
 
 
@@ -61,7 +79,8 @@ def configure(
     now: datetime,
 ) -> AutoTopUp:
     """Create or replace the setting. Enabling needs a default payment method and a monthly limit
-    that covers one purchase; enabling again clears the reason of an earlier disable."""
+    that covers one purchase; enabling again clears the reason of an earlier disable. The threshold
+    becomes the balance's low-balance mark; enabled while already below it, a job is enqueued now."""
     orgs.get_organization(session, organization_id)
     terms = purchases.terms_of(session, organization_id, environment)
     offer = purchases.quote(
@@ -83,7 +102,7 @@ def configure(
                 }
             ],
         )
-    ledger.lock_balance(session, organization_id, environment)
+    balance = ledger.lock_balance(session, organization_id, environment)
     if (
         request.enabled
         and payment_methods.default_method(session, organization_id, environment) is None
@@ -113,6 +132,7 @@ def configure(
         row.disabled_reason = None
     row.updated_at = now
     session.flush()
+    watch.set_mark(session, balance, row.threshold_micros if row.enabled else None, now)
     return row
 
 
@@ -152,85 +172,96 @@ def spent_this_cycle(session: Session, catalog: Catalog, row: AutoTopUp, now: da
     )
 
 
-def _start_if_due(
-    session: Session, catalog: Catalog, setting_id: str, now: datetime
+def on_low_balance(
+    db: Database, provider: PaymentProvider, catalog: Catalog, job: outbox.Claimed, now: datetime
 ) -> Purchase | None:
-    """Under the organization's lock: begin one purchase if every guard allows it."""
-    row = session.get(AutoTopUp, setting_id)
-    if row is None:
+    """The ``low_balance`` job: begin one purchase if every guard allows it (under the lock), charge
+    it outside any transaction; a decline disables the setting with the reason. Returns the
+    purchase made (or finished, when the job runs again after a crash), or None."""
+    assert job.organization_id is not None
+    assert job.environment is not None
+    org, env = job.organization_id, job.environment
+    key = f"auto-top-up:job:{job.id}"
+    try:
+        with db.write() as session:
+            started = purchases.by_key(session, org, env, key) or _start_if_due(
+                session, catalog, org, env, key, now
+            )
+    except (InvalidRequest, purchases.SubscriptionRequired) as exc:
+        _disable(db, org, env, f"cannot top up: {exc.detail}", now)
         return None
-    ledger.lock_balance(session, row.organization_id, row.environment)
-    session.refresh(row)
-    if not row.enabled:
+    if started is None:
+        return None
+    done = purchases.settle(db, provider, catalog, started.id)
+    if done.status == purchases.FAILED:
+        _disable(
+            db,
+            org,
+            env,
+            f"purchase {done.id} was declined: {done.failure_code}: {done.failure_message}",
+            now,
+        )
+    return done
+
+
+def _start_if_due(
+    session: Session,
+    catalog: Catalog,
+    organization_id: str,
+    environment: str,
+    key: str,
+    now: datetime,
+) -> Purchase | None:
+    """Under the organization's lock: begin one purchase if every guard allows it; when only the
+    cooldown, a purchase in flight or the monthly cap stops it, enqueue a job for when that ends."""
+    balance = ledger.lock_balance(session, organization_id, environment)
+    row = _find(session, organization_id, environment)
+    if row is None or not row.enabled:
+        return None
+    available = ledger.get_balance(session, organization_id, environment, now)
+    if available.available_micros >= row.threshold_micros:
         return None
     if row.last_attempt_at is not None and now - row.last_attempt_at < COOLDOWN:
-        return None
-    available = ledger.get_balance(session, row.organization_id, row.environment, now)
-    if available.available_micros >= row.threshold_micros:
+        _later(session, balance, row.last_attempt_at + COOLDOWN, now)
         return None
     in_flight = session.scalar(
         select(Purchase.id).where(
-            Purchase.organization_id == row.organization_id,
-            Purchase.environment == row.environment,
+            Purchase.organization_id == organization_id,
+            Purchase.environment == environment,
             Purchase.purpose == PURPOSE,
             Purchase.status == purchases.PENDING,
         )
     )
     if in_flight is not None:
+        _later(session, balance, now + IN_FLIGHT_RECHECK, now)
         return None
     request = purchases.PurchaseRequest(
         row.package, None if row.package else row.credits_micros, None
     )
-    terms = purchases.terms_of(session, row.organization_id, row.environment)
+    terms = purchases.terms_of(session, organization_id, environment)
     offer = purchases.quote(catalog, terms, request)
     if spent_this_cycle(session, catalog, row, now) + offer.amount_minor > row.monthly_limit_minor:
+        _later(session, balance, domain.period_of(now, catalog.zone).end, now)
         return None
     row.last_attempt_at = now
     return purchases.begin(
-        session,
-        catalog,
-        row.organization_id,
-        row.environment,
-        request,
-        f"auto-top-up:{row.id}:{now.strftime('%Y%m%dT%H%M%S.%f')}",
-        now,
-        purpose=PURPOSE,
+        session, catalog, organization_id, environment, request, key, now, purpose=PURPOSE
     )
 
 
-def run_due(
-    db: Database, provider: PaymentProvider, catalog: Catalog, now: datetime
-) -> list[Purchase]:
-    """The worker step: one purchase for each enabled organization below its threshold whose guards
-    allow it. A decline disables the setting with the reason. Returns the purchases made."""
-    with db.read() as session:
-        candidates = list(session.scalars(select(AutoTopUp.id).where(AutoTopUp.enabled.is_(True))))
-    made = []
-    for setting_id in candidates:
-        try:
-            with db.write() as session:
-                started = _start_if_due(session, catalog, setting_id, now)
-        except (InvalidRequest, purchases.SubscriptionRequired) as exc:
-            _disable(db, setting_id, f"cannot top up: {exc.detail}", now)
-            continue
-        if started is None:
-            continue
-        done = purchases.settle(db, provider, catalog, started.id)
-        if done.status == purchases.FAILED:
-            _disable(
-                db,
-                setting_id,
-                f"purchase {done.id} was declined: {done.failure_code}: {done.failure_message}",
-                now,
-            )
-        made.append(done)
-    return made
+def _later(session: Session, balance: ledger.LockedBalance, at: datetime, now: datetime) -> None:
+    """Look again at ``at`` (the job running now is not pending, so this one is kept)."""
+    outbox.enqueue(session, [watch.job(balance.organization_id, balance.environment, at)], now=now)
 
 
-def _disable(db: Database, setting_id: str, reason: str, now: datetime) -> None:
+def _disable(
+    db: Database, organization_id: str, environment: str, reason: str, now: datetime
+) -> None:
     with db.write() as session:
-        row = session.get(AutoTopUp, setting_id)
+        balance = ledger.lock_balance(session, organization_id, environment)
+        row = _find(session, organization_id, environment)
         if row is not None:
             row.enabled = False
             row.disabled_reason = reason[:500]
             row.updated_at = now
+            watch.set_mark(session, balance, None, now)

@@ -20,7 +20,7 @@ from creditmeter.errors import Conflict, InvalidRequest, NotFound
 from creditmeter.kit.credits import MAX_BALANCE_MICROS, format_credits
 from creditmeter.kit.db import UTCDateTime
 from creditmeter.kit.ids import new_id
-from creditmeter.ledger import domain
+from creditmeter.ledger import domain, watch
 from creditmeter.ledger.domain import Account, LotState, Posting
 from creditmeter.ledger.models import Balance, JournalTransaction, Lot
 from creditmeter.ledger.models import Posting as PostingRow
@@ -55,6 +55,8 @@ class LockedBalance:
     arrears_micros: int
     held_micros: int
     lots: dict[str, LotState] | None = None
+    #: The low-balance mark (``ledger.watch``) read with the lock; ``watch.UNREAD`` when not read.
+    watch_below_micros: int | None = watch.UNREAD
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,12 @@ def create_balances(session: Session, organization_id: str, now: datetime) -> No
 
 # Statements of the write path, built once: constructing a statement costs more than running it.
 _LOCK_BALANCE = (
-    select(Balance.lots_micros, Balance.arrears_micros, Balance.held_micros)
+    select(
+        Balance.lots_micros,
+        Balance.arrears_micros,
+        Balance.held_micros,
+        Balance.watch_below_micros,
+    )
     .where(Balance.organization_id == bindparam("org"), Balance.environment == bindparam("env"))
     .with_for_update()
 )
@@ -149,7 +156,8 @@ def lock_balance(session: Session, organization_id: str, environment: str) -> Lo
     )
     if row is None:
         raise NotFound(f"organization {organization_id} not found")
-    return LockedBalance(organization_id, environment, *row)
+    lots, arrears, held, mark = row
+    return LockedBalance(organization_id, environment, lots, arrears, held, watch_below_micros=mark)
 
 
 def lock_balances(
@@ -166,6 +174,7 @@ def lock_balances(
                 Balance.lots_micros,
                 Balance.arrears_micros,
                 Balance.held_micros,
+                Balance.watch_below_micros,
             )
             .where(
                 Balance.environment == environment,
@@ -174,8 +183,10 @@ def lock_balances(
             .order_by(Balance.organization_id)
             .with_for_update()
         )
-        for org, lots, arrears, held in rows:
-            found[org] = LockedBalance(org, environment, lots, arrears, held)
+        for org, lots, arrears, held, mark in rows:
+            found[org] = LockedBalance(
+                org, environment, lots, arrears, held, watch_below_micros=mark
+            )
     return found
 
 
@@ -341,10 +352,20 @@ def post_batch(
             for m in moves
         ],
     )
+    lowered = [m.balance for m in moves if m.balance.watch_below_micros is not None and _lowers(m)]
     for m in moves:
         _apply_moves(m)
+    if lowered:  # watched organizations whose available credits went down (ledger.watch)
+        watch.after_post(session, lowered, now)
     by_balance = {id(m.balance): ids_ for m, ids_ in zip(moves, per_move, strict=True)}
     return [by_balance.get(id(balance), []) for balance, _ in items]
+
+
+def _lowers(m: _Moves) -> bool:
+    """Whether the moves lower available credits (lots down, or arrears or held up)."""
+    b = m.balance
+    change = sum(m.lot_deltas.values()) - (m.new_arrears - b.arrears_micros)
+    return change - (m.new_held - b.held_micros) < 0
 
 
 def _apply_moves(m: _Moves) -> None:

@@ -7,23 +7,41 @@ boundary, and after downtime boundary by boundary, in order. Each close is one t
 step and organization, so a failing organization is logged and retried at the next tick while the
 others close; a close charges its invoice through the worker's payment provider. Then the payment
 jobs, each guarded so that one failing never stops the others: the dunning retries of open
-invoices (``billing.dunning``), the auto top-ups due (``billing.auto_top_up``), and purchases left
-pending by a crash (``billing.purchases.resume_pending``). Then holds and lots that lapsed.
-Organizations attached to a test clock are left to their clock (``billing.test_clocks``)."""
+invoices (``billing.dunning``) and purchases left pending by a crash
+(``billing.purchases.resume_pending``). Then holds and lots that lapsed. Organizations attached to a
+test clock are left to their clock (``billing.test_clocks``).
+
+Last, the outbox (``kit.outbox``): the jobs written by the changes that caused them, at most
+``JOBS_PER_TICK`` per tick, claimed with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any
+number of workers share them), each handler guarded so one failing job is retried with backoff
+while the others run. The kinds run here:
+
+- ``low_balance`` (enqueued by the ledger's write path when a write leaves a watched organization
+  below its mark): the guarded auto top-up (``billing.auto_top_up.on_low_balance``); it needs a
+  payment provider and the plans, and waits in the outbox while either is broken;
+- ``low_balance_sweep``: every ``SWEEP_EVERY``, one job for each watched organization already below
+  its mark (``ledger.watch.sweep``), the safety net behind the write path's trigger. The tick keeps
+  exactly one sweep job scheduled.
+
+Done jobs are deleted after ``JOB_RETENTION``; dead ones (out of attempts) stay for an operator."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from datetime import datetime, timedelta
 
 from creditmeter.billing import auto_top_up, cycle, dunning, purchases, test_clocks
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.payments import PaymentProvider, build_provider
+from creditmeter.billing.payments.models import Purchase
 from creditmeter.billing.plans import load_catalog
 from creditmeter.config import Settings
-from creditmeter.kit import clock
+from creditmeter.kit import clock, outbox
 from creditmeter.kit.db import Database
+from creditmeter.ledger import watch
 from creditmeter.metering import holds
 
 log = logging.getLogger("creditmeter.worker")
@@ -32,6 +50,14 @@ log = logging.getLogger("creditmeter.worker")
 #: A purchase still pending after this long was interrupted (a crash between charge and grant): the
 #: worker finishes it, with its own key, so never charging twice.
 PENDING_PURCHASE_AGE = timedelta(minutes=5)
+#: The most outbox jobs one tick runs; the rest wait for the next tick.
+JOBS_PER_TICK = 200
+SWEEP = "low_balance_sweep"
+#: How often the low-balance sweep runs (one job, whichever worker claims it).
+SWEEP_EVERY = timedelta(minutes=5)
+#: Done jobs are kept this long (for looking back), then deleted.
+JOB_RETENTION = timedelta(days=7)
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def provider_from_env(db: Database) -> PaymentProvider | None:
@@ -67,14 +93,65 @@ def tick(
         expired = test_clocks.expire_due_on_real_time(session, now)
     for org, env, micros in expired:
         log.info("expired %s micro-credits of %s (%s)", micros, org, env)
+    try:
+        run_jobs(db, provider, catalog, clock.now())
+    except Exception:  # the jobs stay in the outbox; the next tick claims them
+        log.exception("outbox jobs could not run; retrying at the next tick")
     return len(expired)
+
+
+def job_handlers(
+    db: Database, provider: PaymentProvider | None, catalog: Catalog | None
+) -> dict[str, outbox.Handler]:
+    """The handler of each job kind this worker can run now (jobs of other kinds wait)."""
+    handlers: dict[str, outbox.Handler] = {SWEEP: lambda job: _sweep(db)}
+    if provider is not None and catalog is not None:
+        handlers[watch.LOW_BALANCE] = lambda job: _top_up(db, provider, catalog, job)
+    return handlers
+
+
+def run_jobs(
+    db: Database,
+    provider: PaymentProvider | None,
+    catalog: Catalog | None,
+    now: datetime,
+    limit: int = JOBS_PER_TICK,
+) -> list[outbox.Outcome]:
+    """Keep the sweep scheduled, delete old done jobs, and run up to ``limit`` due jobs."""
+    with db.write() as session:
+        outbox.ensure(session, outbox.NewJob(SWEEP, run_at=now, dedupe_key=SWEEP), now)
+        outbox.purge_done(session, now - JOB_RETENTION)
+    return outbox.run(
+        db, job_handlers(db, provider, catalog), now=now, limit=limit, worker=WORKER_ID
+    )
+
+
+def _top_up(
+    db: Database, provider: PaymentProvider, catalog: Catalog, job: outbox.Claimed
+) -> Purchase | None:
+    made = auto_top_up.on_low_balance(db, provider, catalog, job, clock.now())
+    if made is not None:
+        log.info("auto top-up %s of %s: %s", made.id, made.organization_id, made.status)
+    return made
+
+
+def _sweep(db: Database) -> int:
+    now = clock.now()
+    with db.write() as session:
+        low = watch.sweep(session, now)
+        outbox.enqueue(
+            session, [outbox.NewJob(SWEEP, run_at=now + SWEEP_EVERY, dedupe_key=SWEEP)], now=now
+        )
+    if low:
+        log.info("low-balance sweep: %s organization(s) below their mark", low)
+    return low
 
 
 def run_payment_jobs(
     db: Database, provider: PaymentProvider, catalog: Catalog | None, now: datetime
 ) -> None:
-    """Dunning retries, auto top-ups and pending purchases; a failing job is logged and the next
-    one runs (each retries at the next tick)."""
+    """Dunning retries and pending purchases; a failing job is logged and the next one runs (each
+    retries at the next tick). Auto top-ups run as outbox jobs (:func:`run_jobs`)."""
     try:
         for attempt in dunning.run_due(db, provider, now):
             payment = attempt.payment
@@ -90,11 +167,6 @@ def run_payment_jobs(
         log.exception("dunning could not run; retrying at the next tick")
     if catalog is None:
         return  # the plans file is broken (logged above): nothing can be priced
-    try:
-        for made in auto_top_up.run_due(db, provider, catalog, now):
-            log.info("auto top-up %s of %s: %s", made.id, made.organization_id, made.status)
-    except Exception:
-        log.exception("auto top-ups could not run; retrying at the next tick")
     try:
         for done in purchases.resume_pending(db, provider, catalog, PENDING_PURCHASE_AGE):
             log.info("finished pending purchase %s: %s", done.id, done.status)
