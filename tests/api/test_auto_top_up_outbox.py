@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 
 from creditmeter.billing import auto_top_up, purchases
 from creditmeter.billing.payments.models import Purchase
@@ -427,3 +427,51 @@ def test_the_migration_matches_the_outbox_and_watch_models(db: Database) -> None
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert [d for d in diff if "jobs" in repr(d) or "watch_below" in repr(d)] == []
+
+
+def test_upgrading_to_0008_watches_the_auto_top_ups_enabled_before(tmp_path: Any) -> None:
+    """The backfill statement of migration 0008 (the same SQL on PostgreSQL; run here on a fresh
+    SQLite file, as the shared PostgreSQL database of a test run cannot be downgraded)."""
+    from creditmeter.kit.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0007_refunds")
+    at = "2026-01-01 00:00:00.000000"
+    old = Database(url)
+    try:
+        with old.write() as s:
+            for org, enabled in (("org_on", True), ("org_off", False), ("org_none", None)):
+                s.execute(
+                    text("INSERT INTO organizations VALUES (:org, :org, NULL, 'active', :at)"),
+                    {"org": org, "at": at},
+                )
+                for env in ("live", "test"):
+                    s.execute(
+                        text(
+                            "INSERT INTO balances (organization_id, environment, lots_micros, "
+                            "arrears_micros, held_micros, updated_at) VALUES (:org, :env, 0, 0, 0, :at)"
+                        ),
+                        {"org": org, "env": env, "at": at},
+                    )
+                if enabled is not None:
+                    s.execute(
+                        text(
+                            "INSERT INTO auto_top_ups VALUES (:id, :org, 'live', :on, 7, NULL, 9, 1, "
+                            "'USD', NULL, NULL, :at, :at)"
+                        ),
+                        {"id": f"atu_{org}", "org": org, "on": enabled, "at": at},
+                    )
+    finally:
+        old.dispose()
+    upgrade(url)
+    new = Database(url)
+    try:
+        with new.read() as s:
+            marks = s.execute(
+                select(
+                    Balance.organization_id, Balance.environment, Balance.watch_below_micros
+                ).where(Balance.watch_below_micros.is_not(None))
+            ).all()
+    finally:
+        new.dispose()
+    assert [tuple(m) for m in marks] == [("org_on", "live", 7)]

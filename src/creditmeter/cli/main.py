@@ -20,6 +20,7 @@ from rich.table import Table
 
 from creditmeter import __version__
 from creditmeter.cli.cycle import cycle_app
+from creditmeter.cli.jobs import jobs_app
 from creditmeter.config import Settings
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit import clock
@@ -46,6 +47,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")
 app.add_typer(key_app, name="api-key")
 app.add_typer(cycle_app, name="cycle")
+app.add_typer(jobs_app, name="jobs")
 
 out = Console()
 err = Console(stderr=True)

@@ -51,6 +51,7 @@ from creditmeter.kit.ids import ulid
 log = logging.getLogger("creditmeter.outbox")
 
 PENDING, RUNNING, DONE, DEAD = "pending", "running", "done", "dead"
+STATES = (PENDING, RUNNING, DONE, DEAD)
 #: How long a claim lasts; a job still running after it is given to another worker.
 DEFAULT_LEASE = timedelta(minutes=10)
 DEFAULT_MAX_ATTEMPTS = 8
@@ -158,7 +159,9 @@ def enqueue(
             "max_attempts": j.max_attempts,
             "created_at": now,
         }
-        for j in jobs
+        # In key order: two transactions enqueueing the same keys wait for each other in one
+        # order, never in a cycle (PostgreSQL's unique check waits on an uncommitted twin).
+        for j in sorted(jobs, key=lambda j: (j.dedupe_key is None, j.dedupe_key or ""))
     ]
     if not rows:
         return
