@@ -33,7 +33,7 @@ from creditmeter.api.schemas_invoices import (
     InvoicePayIn,
     InvoiceSummaryOut,
 )
-from creditmeter.billing import domain, dunning, invoices, pdf, statements
+from creditmeter.billing import domain, dunning, invoices, pdf, refunds, statements
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.invoices import InvoiceNotFound, InvoiceView
 from creditmeter.billing.models import Invoice
@@ -83,6 +83,7 @@ def invoice_json(
         body["payment_attempts"], body["next_payment_attempt_at"] = dunning.schedule_of(
             session, inv
         )
+        body["refunded_minor"] = refunds.refunded_of_invoice(session, inv.id)
     body["seller"] = inv.seller
     body["customer"] = inv.customer
     body["lines"] = [

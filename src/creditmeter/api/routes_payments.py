@@ -25,6 +25,7 @@ from creditmeter.api.deps import (
     Limit,
     authorize_org,
     environment_for,
+    require_operator,
 )
 from creditmeter.api.routes_billing import Plans
 from creditmeter.api.schemas import Page
@@ -38,8 +39,10 @@ from creditmeter.api.schemas_payments import (
     PaymentOut,
     PurchaseIn,
     PurchaseOut,
+    RefundIn,
+    RefundOut,
 )
-from creditmeter.billing import auto_top_up, purchases
+from creditmeter.billing import auto_top_up, purchases, refunds
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.payments import build_provider, cards, history
 from creditmeter.billing.payments import methods as payment_methods
@@ -119,6 +122,8 @@ def payment_json(payment: Payment) -> dict[str, Any]:
         failure_message=payment.failure_message,
         provider=payment.provider,
         provider_id=payment.provider_id,
+        refunded_minor=payment.refunded_minor or 0,
+        refund_of=payment.refund_of_id,
         created_at=payment.created_at,
     ).model_dump(mode="json")
 
@@ -354,6 +359,61 @@ def list_purchases(
         "has_more": more,
         "next_cursor": encode_cursor(page[-1].id) if more else None,
     }
+
+
+# --- refunds ----------------------------------------------------------------------------------
+
+
+def _key_required(idempotency_key: str | None, what: str) -> str:
+    if idempotency_key is None:
+        raise InvalidRequest(
+            f"a {what} moves money: send an Idempotency-Key header (e.g. a UUID) so that a retry "
+            f"never does it twice",
+            code="idempotency_key_required",
+            errors=[
+                {
+                    "field": "Idempotency-Key",
+                    "type": "idempotency_key_required",
+                    "message": f"send a unique key per {what}, the same key for its retries",
+                }
+            ],
+        )
+    return idem.check_key(idempotency_key)
+
+
+@router.post(
+    "/v1/payments/{payment_id}/refunds",
+    status_code=201,
+    response_model=RefundOut,
+    responses={
+        402: {"description": "The processor refused the refund; nothing changed but the history."},
+        409: {"description": "Not refundable: not a succeeded charge, too much, credits spent."},
+    },
+)
+def create_refund(
+    payment_id: str,
+    body: RefundIn,
+    caller: Caller,
+    db: DB,
+    provider: Provider,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Refund a succeeded charge (operator keys only): `amount_minor` (default: everything not yet
+    refunded) and a `reason`. A purchase's refund takes back its lot's credits in proportion
+    (`409 credits_spent` if they were spent: refund less); an invoice payment's refund leaves the
+    invoice paid. `Idempotency-Key` is required: a retry with the same key returns the first
+    outcome and never refunds twice. A refusal by the processor is a 402 whose `code` is its
+    reason; it is in the billing history and nothing else changed."""
+    require_operator(caller)
+    key = _key_required(idempotency_key, "refund")
+    request = refunds.RefundRequest(body.amount_minor, body.reason)
+    row = refunds.refund(db, provider, payment_id, request, key)
+    if row.status == refunds.FAILED:
+        raise refunds.failed(row)
+    return JSONResponse(
+        RefundOut.model_validate(refunds.refund_json(row)).model_dump(mode="json"),
+        status_code=201,
+    )
 
 
 # --- auto top-up ------------------------------------------------------------------------------

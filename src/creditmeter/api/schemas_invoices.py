@@ -94,6 +94,11 @@ class InvoiceOut(InvoiceSummaryOut):
     payment_attempts: int = Field(
         default=0, description="Charges tried so far (each is a line of the billing history)."
     )
+    refunded_minor: int = Field(
+        default=0,
+        description="What operator refunds gave back of this invoice's payments, in minor units "
+        "(a refunded invoice stays paid).",
+    )
     next_payment_attempt_at: datetime | None = Field(
         default=None,
         description="When the next automatic charge (dunning retry) is due; None when the invoice "

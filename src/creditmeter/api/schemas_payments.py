@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StrictInt, StringConstraints, model_validator
 
 from creditmeter.api.schemas import PositiveCredits, Request
 from creditmeter.api.schemas_billing import CreditPrice, Money
@@ -82,6 +82,11 @@ class PaymentOut(BaseModel):
     failure_message: str | None
     provider: str
     provider_id: str | None = Field(description="The charge or refund at the processor.")
+    refunded_minor: int = Field(
+        description="A charge: what succeeded refunds gave back of it, in minor units (0 for a "
+        "refund)."
+    )
+    refund_of: str | None = Field(description="A refund: the charge (payment id) it refunds.")
     created_at: datetime
 
 
@@ -137,3 +142,39 @@ class AutoTopUpOut(BaseModel):
     disabled_reason: str | None
     last_attempt_at: datetime | None
     updated_at: datetime
+
+
+class RefundIn(Request):
+    amount_minor: Annotated[StrictInt, Field(gt=0, le=10**15)] | None = Field(
+        default=None,
+        description="How much to refund, in minor units; default: everything not yet refunded.",
+    )
+    reason: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)
+    ] = Field(description="Why (kept with the refund and in the ledger).")
+
+
+class RefundOut(BaseModel):
+    id: str
+    payment_id: str = Field(description="The charge refunded.")
+    organization_id: str
+    environment: Literal["live", "test"]
+    status: Literal["pending", "succeeded", "failed"] = Field(
+        description="pending: the processor's answer is not recorded yet; retry the request with "
+        "the same Idempotency-Key to finish it."
+    )
+    amount: Money
+    credits: str = Field(
+        description="Credits taken back (a refund of a purchase: amount / the purchase's price "
+        "per credit, rounded up); 0 for an invoice payment."
+    )
+    lot_id: str | None = Field(description="The purchase lot the credits came back from.")
+    reason: str
+    failure_code: str | None = Field(description="The processor's reason when it failed.")
+    failure_message: str | None
+    refund_payment_id: str | None = Field(description="The refund's row in the billing history.")
+    transaction_id: str | None = Field(
+        description="The ledger transaction (kind refund) that took the credits back."
+    )
+    created_at: datetime
+    completed_at: datetime | None

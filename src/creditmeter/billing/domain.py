@@ -534,3 +534,34 @@ def describe_allocation(
         f"{what}, {first.day} to {last.day} {month_name(of)} "
         f"(prorated from {first:%Y-%m-%d %H:%M} {first.tzname()})"
     )
+
+
+# ---- refunds ------------------------------------------------------------------------------------
+
+
+def refund_credits_micros(
+    refunded_minor: int, amount_minor: int, paid_minor: int, credits_micros: int
+) -> int:
+    """The credits a refund of ``amount_minor`` takes back of a purchase that paid ``paid_minor`` for
+    ``credits_micros``, when ``refunded_minor`` of it is already refunded (or being refunded): the
+    credits in proportion to the money, at the purchase's own price per credit, rounded up to a
+    whole micro-credit so the organization never keeps credits it got money back for. Computed
+    cumulatively (credits of everything refunded so far, minus those of what was refunded before),
+    so partial refunds that add up to the whole purchase take back exactly its credits."""
+    if not 0 < amount_minor <= paid_minor - refunded_minor:
+        raise ValueError("a refund is positive and at most what is left of the payment")
+
+    def upto(minor: int) -> int:
+        return -(-minor * credits_micros // paid_minor)
+
+    return upto(refunded_minor + amount_minor) - upto(refunded_minor)
+
+
+def refundable_for_credits(
+    refunded_minor: int, spare_micros: int, paid_minor: int, credits_micros: int
+) -> int:
+    """The largest refund (minor units) whose credits (:func:`refund_credits_micros`) fit in
+    ``spare_micros``: what the operator can still refund when some of the credits were spent."""
+    reachable = -(-refunded_minor * credits_micros // paid_minor) + spare_micros
+    most = min(paid_minor, reachable * paid_minor // credits_micros)
+    return max(0, most - refunded_minor)

@@ -14,9 +14,10 @@ Test cards (any expiry in the future, any CVC):
 | ``4000000000009995`` | attaches; every charge fails: ``insufficient_funds`` |
 | ``4000000000000341`` | attaches; every charge fails: ``card_declined`` |
 | ``4000002760003184`` | attaches; every off-session charge fails: ``authentication_required`` |
+| ``4000000000005126`` | charges succeed; every refund fails: ``expired_or_canceled_card`` |
 
 Stripe's test tokens work too: ``tok_visa``, ``tok_mastercard``, ``tok_chargeDeclined``,
-``tok_chargeDeclinedInsufficientFunds``, ``tok_chargeCustomerFail``. The card number itself is never
+``tok_chargeDeclinedInsufficientFunds``, ``tok_chargeCustomerFail``, ``tok_refundFail``. The card number itself is never
 stored: only the behaviour it selects, brand, last four digits and expiry.
 """
 
@@ -55,6 +56,7 @@ TEST_CARDS = {
     "4000000000009995": "insufficient_funds",
     "4000000000000341": "charge_customer_fail",
     "4000002760003184": "authentication_required",
+    "4000000000005126": "refund_fails",
 }
 #: Stripe's test tokens, as the cards they stand for.
 TEST_TOKENS = {
@@ -63,6 +65,7 @@ TEST_TOKENS = {
     "tok_chargeDeclined": "4000000000000002",
     "tok_chargeDeclinedInsufficientFunds": "4000000000009995",
     "tok_chargeCustomerFail": "4000000000000341",
+    "tok_refundFail": "4000000000005126",
 }
 _FAILURES = {
     "card_declined": ("card_declined", "Your card was declined."),
@@ -74,6 +77,11 @@ _FAILURES = {
         "add the card again with the customer present, or use another card.",
     ),
 }
+#: Why a refund to a ``refund_fails`` card fails (Stripe's failure_reason for the same test card).
+_REFUND_FAILURE = (
+    "expired_or_canceled_card",
+    "The refund failed: the card it would go back to is expired or canceled.",
+)
 
 
 @dataclass
@@ -211,6 +219,14 @@ class SandboxProvider:
                     code="charge_not_refundable",
                 )
             if existing is not None:
+                if existing.status == "failed":
+                    return RefundResult(
+                        "failed",
+                        existing.amount_minor,
+                        charge.currency,
+                        existing.id,
+                        *_REFUND_FAILURE,
+                    )
                 return RefundResult(
                     "succeeded", existing.amount_minor, charge.currency, existing.id
                 )
@@ -219,15 +235,21 @@ class SandboxProvider:
                     "sandbox: a refund is positive and at most what is left of the charge",
                     code="amount_too_large",
                 )
+            method = session.get(SandboxPaymentMethod, charge.payment_method_id)
+            fails = method is not None and method.behaviour == "refund_fails"
             refund = SandboxRefund(
                 id=new_id("re_sbx"),
                 charge_id=charge_id,
                 amount_minor=amount_minor,
-                status="succeeded",
+                status="failed" if fails else "succeeded",
                 idempotency_key=idempotency_key,
                 created_at=clock.now(),
             )
             session.add(refund)
+            if fails:
+                return RefundResult(
+                    "failed", amount_minor, charge.currency, refund.id, *_REFUND_FAILURE
+                )
             charge.refunded_minor += amount_minor
             return RefundResult("succeeded", amount_minor, charge.currency, refund.id)
 
