@@ -1,7 +1,9 @@
-"""Test clocks (operator keys only): create, read, attach an organization, advance.
+"""Test clocks (operator keys only): create, read, delete, attach and detach an organization,
+advance.
 
 An advance runs, for the attached organizations, every cycle close and lot expiry real time would
-have run on the way, boundary by boundary (``billing.test_clocks``)."""
+have run on the way, boundary by boundary (``billing.test_clocks``). A detached organization is
+billed on real time again; a clock cannot be deleted while organizations are attached."""
 
 from __future__ import annotations
 
@@ -12,16 +14,20 @@ from fastapi import APIRouter
 from creditmeter.api.deps import ADMIN_SCOPES, DB, Caller, authorize_org, require_operator
 from creditmeter.api.routes_billing import Plans
 from creditmeter.api.schemas_corrections import (
+    OrganizationTestClock,
     TestClockAdvance,
     TestClockAdvanced,
     TestClockAttach,
     TestClockAttached,
     TestClockCreate,
+    TestClockDeleted,
+    TestClockDetached,
     TestClockOut,
 )
 from creditmeter.billing import test_clocks
 from creditmeter.billing.models import TestClock
 from creditmeter.kit import clock
+from creditmeter.orgs import service as orgs
 
 router = APIRouter(tags=["test clocks"])
 
@@ -87,4 +93,51 @@ def attach_test_clock(org_id: str, body: TestClockAttach, caller: Caller, db: DB
     require_operator(caller)
     with db.write() as session:
         row = test_clocks.attach(session, org_id, body.test_clock, clock.now())
-        return {"organization_id": org_id, "test_clock": row.id, "frozen_time": row.frozen_time}
+        out = {"organization_id": org_id, "test_clock": row.id, "frozen_time": row.frozen_time}
+    test_clocks.invalidate()  # after the commit too: no reload may cache the state before it
+    return out
+
+
+@router.get("/v1/organizations/{org_id}/test-clock", response_model=OrganizationTestClock)
+def get_organization_test_clock(org_id: str, caller: Caller, db: DB) -> Any:
+    """The clock the organization is billed on and its time (its "now"), or nulls: real time."""
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    require_operator(caller)
+    with db.read() as session:
+        orgs.get_organization(session, org_id)
+        found = test_clocks.attachment_of(session, org_id)
+    row, attached_at = found if found else (None, None)
+    return {
+        "organization_id": org_id,
+        "test_clock": row.id if row else None,
+        "frozen_time": row.frozen_time if row else None,
+        "attached_at": attached_at,
+    }
+
+
+@router.delete("/v1/organizations/{org_id}/test-clock", response_model=TestClockDetached)
+def detach_test_clock(org_id: str, caller: Caller, db: DB) -> Any:
+    """Bill the organization on real time again (404 `test_clock_not_attached` when it is on no
+    clock). The periods the clock already closed stay closed: real time never closes them twice."""
+    authorize_org(caller, org_id, ADMIN_SCOPES)
+    require_operator(caller)
+    with db.write() as session:
+        done = test_clocks.detach(session, org_id)
+    test_clocks.invalidate()
+    return {
+        "organization_id": org_id,
+        "test_clock": None,
+        "detached_from": done.clock.id,
+        "frozen_time": done.clock.frozen_time,
+        "ahead_of_real_time": done.clock.frozen_time > clock.now(),
+    }
+
+
+@router.delete("/v1/test-clocks/{clock_id}", response_model=TestClockDeleted)
+def delete_test_clock(clock_id: str, caller: Caller, db: DB) -> Any:
+    """Delete a clock (409 `test_clock_in_use` while organizations are attached: detach them
+    first)."""
+    require_operator(caller)
+    with db.write() as session:
+        row = test_clocks.delete(session, clock_id)
+    return {"id": row.id, "deleted": True}

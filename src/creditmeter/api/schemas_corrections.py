@@ -97,3 +97,28 @@ class TestClockAttached(BaseModel):
     organization_id: str
     test_clock: str
     frozen_time: datetime
+
+
+class OrganizationTestClock(BaseModel):
+    __test__ = False
+    organization_id: str
+    test_clock: str | None = Field(description="The clock it is billed on; null: real time.")
+    frozen_time: datetime | None = Field(description="The clock's time: the organization's now.")
+    attached_at: datetime | None
+
+
+class TestClockDetached(BaseModel):
+    __test__ = False
+    organization_id: str
+    test_clock: None = Field(description="Billed on real time from now on.")
+    detached_from: str = Field(description="The clock it was on.")
+    frozen_time: datetime = Field(description="That clock's time when it was detached.")
+    ahead_of_real_time: bool = Field(
+        description="The clock was ahead: the periods it closed are not closed again by real time."
+    )
+
+
+class TestClockDeleted(BaseModel):
+    __test__ = False
+    id: str
+    deleted: bool

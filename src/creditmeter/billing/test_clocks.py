@@ -14,6 +14,16 @@ what the worker would have run on time: the closes due at each month boundary pa
   changes nothing.
 - A close that fails during an advance is reported and stays unfinished; the next advance resumes
   it first (closes are idempotent and resumable), the clock still moves.
+- **Detach** (``detach``): from then on the organization is billed on real time again. What the
+  clock already ran stays: closes are idempotent per (organization, environment, period), so when
+  real time reaches a boundary the clock already passed, that close is found done and never runs
+  twice; the first close real time runs is the first period the clock had not closed. A clock
+  *behind* real time leaves closes due: the worker catches them up boundary by boundary, as after
+  downtime. A clock with organizations attached cannot be deleted (``409 test_clock_in_use``).
+- **The organization's "now"** (``now_for``): for an attached organization, the API's operations
+  (subscriptions, purchases, the balance, usage) take the clock's time as now; others real time.
+  ``clocked_ids`` is a per-process cache of the attached organizations for the hot paths
+  (invalidated by attach and detach in this process, reloaded after ``CACHE_SECONDS`` otherwise).
 
 Functions that take a ``Session`` never commit; ``advance`` runs the closes itself, one
 transaction per step, like the worker.
@@ -21,6 +31,8 @@ transaction per step, like the worker.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -32,6 +44,7 @@ from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.models import Subscription, TestClock, TestClockAttachment
 from creditmeter.errors import Conflict, InvalidRequest, NotFound
+from creditmeter.kit import clock as real_clock
 from creditmeter.kit.clock import ensure_utc
 from creditmeter.kit.db import Database
 from creditmeter.kit.ids import new_id
@@ -45,6 +58,16 @@ __test__ = False  # not a pytest module
 class TestClockNotFound(NotFound):
     __test__ = False
     code = "test_clock_not_found"
+
+
+class NotAttached(NotFound):
+    code = "test_clock_not_attached"
+
+
+#: How long another process's attach or detach may go unseen by this process's hot paths.
+CACHE_SECONDS = 2.0
+_cache_lock = threading.Lock()
+_cache: tuple[float, frozenset[str]] | None = None
 
 
 @dataclass
@@ -114,7 +137,107 @@ def attach(session: Session, organization_id: str, clock_id: str, now: datetime)
     else:
         row.test_clock_id, row.attached_at = clock.id, now
     session.flush()
+    invalidate()
     return clock
+
+
+@dataclass(frozen=True)
+class Detached:
+    """The clock an organization was on when it was detached, and its time then."""
+
+    organization_id: str
+    clock: TestClock
+    attached_at: datetime
+
+
+def detach(session: Session, organization_id: str) -> Detached:
+    """Bill ``organization_id`` on real time again. What the clock ran stays (see the module note);
+    ``404 test_clock_not_attached`` when it is on no clock."""
+    orgs.get_organization(session, organization_id)
+    row = session.get(TestClockAttachment, organization_id)
+    if row is None:
+        raise NotAttached(f"organization {organization_id} is not attached to a test clock")
+    done = Detached(organization_id, get(session, row.test_clock_id), row.attached_at)
+    session.delete(row)
+    session.flush()
+    invalidate()
+    return done
+
+
+def delete(session: Session, clock_id: str) -> TestClock:
+    """Delete a clock that has no organization attached (``409 test_clock_in_use`` otherwise: detach
+    them first, so that deleting a clock never changes how anyone is billed)."""
+    clock = get(session, clock_id)
+    members = organizations_of(session, clock_id)
+    if members:
+        raise Conflict(
+            f"test clock {clock_id} has {len(members)} organization(s) attached; detach them first "
+            f"(DELETE /v1/organizations/{{org_id}}/test-clock): {', '.join(members[:10])}",
+            code="test_clock_in_use",
+        )
+    session.delete(clock)
+    session.flush()
+    return clock
+
+
+def refuse_live_on_clock(session: Session, organization_id: str, environment: str) -> None:
+    """A live subscription for an organization on a test clock is refused (``409
+    test_clock_attached``): the clock would close, invoice and charge live money early."""
+    if environment == "live" and session.get(TestClockAttachment, organization_id) is not None:
+        raise Conflict(
+            f"organization {organization_id} is billed on a test clock; only test subscriptions "
+            "can be rehearsed on a clock (detach it first for a live subscription)",
+            code="test_clock_attached",
+        )
+
+
+def attachment_of(session: Session, organization_id: str) -> tuple[TestClock, datetime] | None:
+    """The clock ``organization_id`` is attached to and when it was attached, or None."""
+    row = session.get(TestClockAttachment, organization_id)
+    if row is None:
+        return None
+    return get(session, row.test_clock_id), row.attached_at
+
+
+def invalidate() -> None:
+    """Forget the cached attached organizations (attach and detach call it)."""
+    global _cache  # noqa: PLW0603
+    with _cache_lock:
+        _cache = None
+
+
+def clocked_ids(db: Database) -> frozenset[str]:
+    """The organizations attached to a clock, from the per-process cache: no query while it is
+    fresh, one small read at most every ``CACHE_SECONDS`` (for the ingest and gate hot paths)."""
+    global _cache  # noqa: PLW0603
+    cached = _cache
+    if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+        return cached[1]
+    with db.read() as session:
+        ids = frozenset(session.scalars(select(TestClockAttachment.organization_id)))
+    with _cache_lock:
+        _cache = (time.monotonic(), ids)
+    return ids
+
+
+def now_for(session: Session, organization_id: str) -> datetime:
+    """ "Now" for ``organization_id``: its test clock's time when it is attached to one, else real
+    time (``kit.clock.now()``). One primary-key read."""
+    frozen = session.scalar(
+        select(TestClock.frozen_time)
+        .join(TestClockAttachment, TestClockAttachment.test_clock_id == TestClock.id)
+        .where(TestClockAttachment.organization_id == organization_id)
+    )
+    return real_clock.now() if frozen is None else frozen
+
+
+def hot_now_for(db: Database, organization_id: str | None) -> datetime:
+    """``now_for`` for the hot paths: real time without any query for an organization the cache
+    knows is on no clock (or for None: an operator key, any organization)."""
+    if organization_id is None or organization_id not in clocked_ids(db):
+        return real_clock.now()
+    with db.read() as session:
+        return now_for(session, organization_id)
 
 
 def advance(
