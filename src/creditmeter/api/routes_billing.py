@@ -26,13 +26,12 @@ from creditmeter.api.schemas_billing import (
     SubscriptionIn,
     SubscriptionOut,
 )
-from creditmeter.billing import domain
+from creditmeter.billing import domain, test_clocks
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog, Plan, Terms
 from creditmeter.billing.models import PlanAllocation
 from creditmeter.billing.plans import load_catalog
 from creditmeter.config import Settings
-from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
 
 
@@ -227,9 +226,10 @@ def put_subscription(
     env = environment_for(caller, environment)
     request = subs.SubscriptionRequest(body.plan, body.allocation_credits, body.rollover_cycles)
     subs.desired_terms(catalog, request)  # a 422 before anything is locked
-    now = clock.now()
 
     def apply(session: Session) -> dict[str, Any]:
+        test_clocks.refuse_live_on_clock(session, org_id, env)
+        now = test_clocks.now_for(session, org_id)  # a clocked organization's now: its clock's
         return subscription_json(subs.subscribe(session, catalog, org_id, env, request, now))
 
     return run_once(
@@ -251,7 +251,8 @@ def get_subscription(
     authorize_org(caller, org_id, READ_SCOPES)
     env = environment_for(caller, environment)
     with db.read() as session:
-        return subscription_json(subs.get(session, catalog, org_id, env, clock.now()))
+        now = test_clocks.now_for(session, org_id)
+        return subscription_json(subs.get(session, catalog, org_id, env, now))
 
 
 @router.delete("/v1/organizations/{org_id}/subscription", response_model=SubscriptionOut)
@@ -267,9 +268,9 @@ def cancel_subscription(
     withdraw it). An operator key, or an org:admin key of this organization."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
     env = environment_for(caller, environment)
-    now = clock.now()
 
     def apply(session: Session) -> dict[str, Any]:
+        now = test_clocks.now_for(session, org_id)
         return subscription_json(subs.cancel(session, catalog, org_id, env, now))
 
     return run_once(

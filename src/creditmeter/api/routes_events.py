@@ -170,7 +170,7 @@ def receive_events(
     `inference`, or `com.creditmeter.usage.<operation>` / `dev.creditmeter.usage.<operation>`, with an
     optional `v1.` segment), `time` -> occurred_at, `data` -> `{quantities, project?, member?,
     cache_hit?, metadata?}`. `specversion` must be "1.0" and `source` is required."""
-    ctx = _context(caller, card, settings)  # scope checks before the body is read
+    ctx = _context(caller, card, settings, db)  # scope checks before the body is read
     content_type = request.headers.get("content-type")
     media = ce.media_type(content_type)
     if media == BATCH:

@@ -35,7 +35,7 @@ from creditmeter.api.schemas import (
     Page,
     ReverseRequest,
 )
-from creditmeter.billing import credit_notes
+from creditmeter.billing import credit_notes, test_clocks
 from creditmeter.config import Settings
 from creditmeter.errors import InvalidRequest, NotFound
 from creditmeter.kit import clock
@@ -190,7 +190,7 @@ def get_balance(org_id: str, caller: Caller, db: DB, environment: Env = None) ->
     env = environment_for(caller, environment)
     with db.read() as session:
         orgs.get_organization(session, org_id)
-        now = clock.now()
+        now = test_clocks.now_for(session, org_id)  # a clocked organization's: its clock's time
         view = ledger.get_balance(session, org_id, env, now)
         # A hold whose time is up stops counting at once, before the worker releases it.
         lapsed = gate.lapsed_hold_micros(session, org_id, env, now)

@@ -45,7 +45,7 @@ from creditmeter.api.schemas_metering import (
     UsageOut,
 )
 from creditmeter.api.usage_batch import apply_batch, json_response
-from creditmeter.billing import credit_notes
+from creditmeter.billing import credit_notes, test_clocks
 from creditmeter.config import Settings
 from creditmeter.errors import Forbidden, InvalidRequest, NotFound
 from creditmeter.kit import clock
@@ -80,15 +80,20 @@ def _ingest_key(caller: Principal) -> str | None:
     return caller.organization_id
 
 
-def _context(caller: Principal, card: RateCard, settings: Settings) -> IngestContext:
-    return _scope_context((caller.environment, _ingest_key(caller)), card, settings)
+def _context(caller: Principal, card: RateCard, settings: Settings, db: Database) -> IngestContext:
+    return _scope_context((caller.environment, _ingest_key(caller)), card, settings, db)
 
 
-def _scope_context(scope: IngestScope, card: RateCard, settings: Settings) -> IngestContext:
+def _scope_context(
+    scope: IngestScope, card: RateCard, settings: Settings, db: Database
+) -> IngestContext:
+    """The ingest context of a request or coalesced batch. ``now`` is the key's organization's:
+    its test clock's time when it is on one (no query unless the cached set says so), else real
+    time; an operator key's events are on real time."""
     return IngestContext(
         environment=scope[0],
         caller_organization_id=scope[1],
-        now=clock.now(),
+        now=test_clocks.hot_now_for(db, scope[1]),
         rate_card=card,
         late_window=timedelta(days=settings.late_window_days),
         future_skew=timedelta(seconds=settings.future_skew_seconds),
@@ -101,9 +106,9 @@ async def coalescer(request: Request) -> Coalescer:
     state = request.app.state
     found: Coalescer | None = getattr(state, "usage_coalescer", None)
     if found is None:
-        card, settings = state.rate_card, state.settings
+        card, settings, db = state.rate_card, state.settings, state.db
         found = state.usage_coalescer = Coalescer(
-            state.db, lambda scope: _scope_context(scope, card, settings)
+            db, lambda scope: _scope_context(scope, card, settings, db)
         )
     return found
 
@@ -153,7 +158,7 @@ def record_one(
 ) -> Any:
     """One event in a transaction of its own, answered like ``POST /v1/usage`` (for callers that are
     already on a worker thread, such as a single CloudEvent)."""
-    result = write_events(db, _context(caller, card, settings), [body.to_input()])[0]
+    result = write_events(db, _context(caller, card, settings, db), [body.to_input()])[0]
     return _answer(result)
 
 
@@ -163,7 +168,7 @@ def record_usage_batch(
 ) -> Any:
     """Record up to 10,000 events. Each stands alone: a rejected event (with a problem-style `error`)
     changes nothing and the others apply. Results come back in request order."""
-    ctx = _context(caller, card, settings)
+    ctx = _context(caller, card, settings, db)
     return json_response({"results": apply_batch(db, ctx, body.events)})
 
 
@@ -239,9 +244,18 @@ def _authorize(
     body: AuthorizeIn, secret: str, db: Database, card: RateCard, settings: Settings, now: datetime
 ) -> tuple[dict[str, str | bool], Principal | None]:
     """The gate's answer, and the principal whose key use is due to be recorded (if it is)."""
+    # A clocked organization is gated at its clock's time (no query for any other organization).
+    clocked = test_clocks.clocked_ids(db)
+    if body.organization in clocked:
+        now = test_clocks.hot_now_for(db, body.organization)
     snap = gate.snapshot(
         db.hot_engine, secret, body.organization, now, settings.key_touch_interval_seconds
     )
+    if snap.organization_id in clocked and snap.organization_id != body.organization:
+        now = test_clocks.hot_now_for(db, snap.organization_id)  # named by its external id
+        snap = gate.snapshot(
+            db.hot_engine, secret, body.organization, now, settings.key_touch_interval_seconds
+        )
     caller_org = _ingest_key(snap.principal)
     org_id, status = snap.organization_id, snap.status
     if org_id is None or status is None or (caller_org is not None and org_id != caller_org):
@@ -381,7 +395,7 @@ def settle_hold(
 ) -> Any:
     """Record the usage of a held operation (its actual cost, which may exceed the hold) and release
     the rest of the hold. Settling again with the same event id returns the first result."""
-    ctx = _context(caller, card, settings)
+    ctx = _context(caller, card, settings, db)
     with db.write() as session:
         hold = holds.get(session, hold_id, ctx.caller_organization_id, ctx.environment)
         event = EventInput(

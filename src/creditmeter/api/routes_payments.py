@@ -42,7 +42,7 @@ from creditmeter.api.schemas_payments import (
     RefundIn,
     RefundOut,
 )
-from creditmeter.billing import auto_top_up, purchases, refunds
+from creditmeter.billing import auto_top_up, purchases, refunds, test_clocks
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.payments import build_provider, cards, history
 from creditmeter.billing.payments import methods as payment_methods
@@ -322,7 +322,9 @@ def create_purchase(
         )
     key = idem.check_key(idempotency_key)
     request = purchases.PurchaseRequest(body.package, body.credits, body.payment_method)
-    row = purchases.purchase(db, provider, catalog, org_id, env, request, key)
+    with db.read() as session:  # a clocked organization buys at its clock's time
+        now = test_clocks.now_for(session, org_id)
+    row = purchases.purchase(db, provider, catalog, org_id, env, request, key, now=now)
     if row.status == purchases.FAILED:
         raise purchases.declined(row)
     return JSONResponse(purchase_json(row), status_code=201)

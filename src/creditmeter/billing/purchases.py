@@ -293,9 +293,11 @@ def purchase(
     request: PurchaseRequest,
     idempotency_key: str,
     purpose: str = "purchase",
+    now: datetime | None = None,
 ) -> Purchase:
     """Run a purchase (see the module note). A retry with the same key returns the first outcome,
-    or finishes a pending purchase without charging twice."""
+    or finishes a pending purchase without charging twice. ``now``: the organization's time (its
+    test clock's, if it is on one); real time by default."""
     try:
         with db.write() as session:
             row = begin(
@@ -305,7 +307,7 @@ def purchase(
                 environment,
                 request,
                 idempotency_key,
-                clock.now(),
+                clock.now() if now is None else now,
                 purpose,
             )
     except IntegrityError:
@@ -321,11 +323,17 @@ def purchase(
             ) from None
     if row.status != PENDING:
         return row
-    return settle(db, provider, catalog, row.id)
+    return settle(db, provider, catalog, row.id, now)
 
 
-def settle(db: Database, provider: PaymentProvider, catalog: Catalog, purchase_id: str) -> Purchase:
-    """Steps 2 and 3 for a pending purchase."""
+def settle(
+    db: Database,
+    provider: PaymentProvider,
+    catalog: Catalog,
+    purchase_id: str,
+    now: datetime | None = None,
+) -> Purchase:
+    """Steps 2 and 3 for a pending purchase (recorded at ``now``, real time by default)."""
     with db.read() as session:
         row = session.get(Purchase, purchase_id)
         assert row is not None
@@ -349,7 +357,8 @@ def settle(db: Database, provider: PaymentProvider, catalog: Catalog, purchase_i
         f"creditmeter purchase {row.id}: {_what(catalog, row)}",
     )
     with db.write() as session:
-        return complete(session, catalog, row.id, result, provider.name, clock.now())
+        at = clock.now() if now is None else now
+        return complete(session, catalog, row.id, result, provider.name, at)
 
 
 def resume_pending(
