@@ -354,3 +354,41 @@ def test_bad_refund_requests_are_4xx_and_change_nothing(
         "payment_not_refundable",
     )
     assert_clean(db)
+
+
+class SpendDuringRefund:
+    """The sandbox, but the organization spends credits while the processor is refunding (between
+    the refund's check and its record)."""
+
+    def __init__(self, inner: SandboxProvider, db: Database, org: str, micros: int) -> None:
+        self.inner, self.db, self.org, self.micros = inner, db, org, micros
+        self.name = inner.name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def refund(self, *args: Any) -> RefundResult:
+        with self.db.write() as s:
+            ledger.debit(s, self.org, "live", self.micros, "inference", "meanwhile", JAN_16)
+        return self.inner.refund(*args)
+
+
+def test_credits_spent_while_the_processor_refunds_are_taken_from_the_other_lots_then_arrears(
+    app: Any, client: TestClient, db: Database, operator: Headers, customer: Callable[..., Any]
+) -> None:
+    org, admin = customer()
+    bought = buy(client, org, admin)
+    with db.read() as s:
+        total = ledger.get_balance(s, org, "live", JAN_16).available_micros
+    # Spend everything but 100 credits: the purchase lot keeps at most 100 of its 1,000.
+    app.state.payment_provider = SpendDuringRefund(SandboxProvider(db), db, org, total - 100 * C)
+
+    response = refund(client, operator, bought["payment_id"])
+
+    assert response.status_code == 201, response.text
+    with db.read() as s:
+        after = ledger.get_balance(s, org, "live", JAN_16)
+    # The money went back, so all 1,000 credits leave: 100 were left, 900 become arrears.
+    assert (after.available_micros, after.arrears_micros) == (-900 * C, 900 * C)
+    assert lot_left(db, bought["lot_id"]) == 0
+    assert_clean(db)
