@@ -9,16 +9,20 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, func, select, text
 
 from creditmeter.billing import auto_top_up, purchases
 from creditmeter.billing.payments.models import Purchase
 from creditmeter.billing.payments.provider import ChargeResult
 from creditmeter.billing.payments.sandbox import SandboxProvider
+from creditmeter.billing.payments.sandbox_models import SandboxCharge
 from creditmeter.billing.plans import load_catalog
 from creditmeter.kit import clock, outbox
 from creditmeter.kit.credits import format_credits, parse_credits
@@ -475,3 +479,75 @@ def test_upgrading_to_0008_watches_the_auto_top_ups_enabled_before(tmp_path: Any
     finally:
         new.dispose()
     assert [tuple(m) for m in marks] == [("org_on", "live", 7)]
+
+
+# --- a property: any run of usage, waiting and worker passes keeps every guard ----------------
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("spend"), st.sampled_from(["50", "300", "700", "1500"])),
+        st.tuples(st.just("wait"), st.sampled_from([1, 4, 9, 30])),
+        st.tuples(st.just("run"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=_STEPS)
+def test_any_run_of_usage_and_worker_passes_keeps_the_guards_and_forgets_no_low_balance(
+    client: TestClient,
+    db: Database,
+    make_org: Callable[..., str],
+    make_key: Callable[..., Headers],
+    steps: list[tuple[str, Any]],
+) -> None:
+    org_id = make_org()
+    admin = make_key(org_id, "org:admin")
+    assert client.put(url(org_id, "subscription"), json={"plan": "standard"}, headers=admin)
+    assert add_card(client, org_id, admin).is_success
+    enable(client, org_id, admin)
+    at = JAN_16
+    for step, arg in steps:
+        with clock.frozen_at(at):
+            if step == "spend":
+                with db.write() as s:
+                    ledger.debit(s, org_id, "live", parse_credits(arg), "inference", "use", at)
+            elif step == "wait":
+                at += timedelta(minutes=arg)
+            else:
+                run(db)
+                _assert_nothing_forgotten(client, db, org_id, admin)
+        made = top_ups(db, org_id)
+        gaps = [b.created_at - a.created_at for a, b in pairwise(made)]
+        assert all(gap >= auto_top_up.COOLDOWN for gap in gaps)  # the cooldown
+        assert sum(p.amount_minor for p in made) <= SETTING["monthly_limit_money"]  # the cap
+        assert all(p.status == "succeeded" for p in made)  # none left in flight
+        assert all(charges_of(db, p) == 1 for p in made)  # each charged once
+    with db.read() as s:
+        assert verify(s) == []
+
+
+def charges_of(db: Database, bought: Purchase) -> int:
+    with db.read() as s:
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(SandboxCharge)
+                .where(SandboxCharge.description.contains(f"purchase {bought.id}:"))
+            )
+            or 0
+        )
+
+
+def _assert_nothing_forgotten(client: TestClient, db: Database, org: str, admin: Headers) -> None:
+    """After a worker pass, an organization still below its threshold has a job that will look again
+    (at the cooldown's end, or the next cycle when the cap is reached)."""
+    if parse_credits(available(client, org, admin)) >= parse_credits("100"):
+        return
+    assert PENDING in [state for state, _ in low_jobs(db, org)]

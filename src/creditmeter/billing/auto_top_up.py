@@ -201,7 +201,24 @@ def on_low_balance(
             f"purchase {done.id} was declined: {done.failure_code}: {done.failure_message}",
             now,
         )
+    elif done.status == purchases.SUCCEEDED:
+        _again_if_still_low(db, org, env, now)
     return done
+
+
+def _again_if_still_low(
+    db: Database, organization_id: str, environment: str, now: datetime
+) -> None:
+    """A top-up that did not lift the balance above the threshold (usage ran on, or arrears took
+    it): look again when the cooldown ends, as no later write may come to trigger it."""
+    with db.write() as session:
+        balance = ledger.lock_balance(session, organization_id, environment)
+        row = _find(session, organization_id, environment)
+        if row is None or not row.enabled or row.last_attempt_at is None:
+            return
+        available = ledger.get_balance(session, organization_id, environment, now)
+        if available.available_micros < row.threshold_micros:
+            _later(session, balance, row.last_attempt_at + COOLDOWN, now)
 
 
 def _start_if_due(
