@@ -32,8 +32,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,8 +45,10 @@ from creditmeter.billing.payments import methods as payment_methods
 from creditmeter.billing.payments.models import Payment, PaymentCustomer, PaymentMethod
 from creditmeter.billing.payments.provider import ChargeResult, PaymentError, PaymentProvider
 from creditmeter.errors import Conflict, InvalidRequest
-from creditmeter.kit.db import Database
+from creditmeter.kit.db import Database, UTCDateTime
+from creditmeter.kit.ids import new_id
 from creditmeter.orgs import service as orgs
+from creditmeter.orgs.models import Organization
 
 log = logging.getLogger("creditmeter.billing.dunning")
 
@@ -156,6 +159,8 @@ class _Plan:
     method_id: str | None
     token: str | None
     customer_id: str
+    organization_id: str = ""
+    environment: str = ""
 
 
 def _plan(
@@ -186,6 +191,8 @@ def _plan(
         method.id if method else None,
         method.token if method else None,
         customer or "",
+        invoice.organization_id,
+        invoice.environment,
     )
 
 
@@ -366,8 +373,7 @@ def charge_many_at_close(
         return failures
     try:
         with db.write() as session:
-            for plan, result in sent:
-                record(session, plan, result, provider.name, now)
+            _record_first_attempts(session, sent, provider.name, now)
     except Exception:
         log.warning("recording %d charges together failed; recording them one by one", len(sent))
         for plan, result in sent:
@@ -376,6 +382,90 @@ def charge_many_at_close(
             except Exception as exc:  # reported for its invoice; the others go on
                 failures[plan.invoice_id] = exc
     return failures
+
+
+def _record_first_attempts(
+    session: Session, sent: list[tuple[_Plan, ChargeResult]], provider_name: str, now: datetime
+) -> None:
+    """``record`` for the first attempts of a chunk (never commits): the organizations locked in id
+    order with one statement; the succeeded charges' payments written with one insert and their
+    invoices marked paid with one update; an attempt already recorded (a concurrent twin) is left
+    alone; a failed charge (which may move the invoice or the organization) goes through
+    ``record``."""
+    ordered = sorted(sent, key=lambda item: (item[0].organization_id, item[0].invoice_id))
+    org_ids = sorted({plan.organization_id for plan, _ in ordered})
+    statuses = dict(
+        session.execute(
+            select(Organization.id, Organization.status)
+            .where(Organization.id.in_(org_ids))
+            .order_by(Organization.id)
+            .with_for_update()
+        ).all()
+    )
+    keys = [charge_key(plan.invoice_id, plan.number) for plan, _ in ordered]
+    recorded = set(
+        session.scalars(select(Payment.idempotency_key).where(Payment.idempotency_key.in_(keys)))
+    )
+    invoice_status = dict(
+        session.execute(
+            select(Invoice.id, Invoice.status).where(
+                Invoice.id.in_([plan.invoice_id for plan, _ in ordered])
+            )
+        ).all()
+    )
+    payments, paid = [], []
+    for plan, result in ordered:
+        key = charge_key(plan.invoice_id, plan.number)
+        if key in recorded:
+            continue
+        if not result.succeeded or invoice_status.get(plan.invoice_id) != invoices.OPEN:
+            record(session, plan, result, provider_name, now)
+            continue
+        payments.append(_payment_row(plan, result, provider_name, key, now))
+        paid.append({"b_id": plan.invoice_id, "b_now": now})
+    if not payments:
+        return
+    session.execute(insert(Payment), payments)
+    session.connection().execute(_MARK_PAID, paid)
+    for org in sorted({p["organization_id"] for p in payments}):
+        if statuses.get(org) != orgs.ACTIVE:
+            resume_if_clear(session, org)
+
+
+_INVOICES = cast(Table, Invoice.__table__)
+_MARK_PAID = (
+    update(_INVOICES)
+    .where(_INVOICES.c.id == bindparam("b_id"))
+    .values(
+        status=invoices.PAID,
+        paid_at=bindparam("b_now", type_=UTCDateTime()),
+        updated_at=bindparam("b_now", type_=UTCDateTime()),
+    )
+)
+
+
+def _payment_row(
+    plan: _Plan, result: ChargeResult, provider_name: str, key: str, now: datetime
+) -> dict[str, Any]:
+    """The ``payments`` row ``history.record`` writes for this attempt."""
+    return {
+        "id": new_id("pay"),
+        "organization_id": plan.organization_id,
+        "environment": plan.environment,
+        "kind": "charge",
+        "purpose": PURPOSE,
+        "reference_id": plan.invoice_id,
+        "payment_method_id": plan.method_id,
+        "amount_minor": result.amount_minor,
+        "currency": result.currency,
+        "status": result.status,
+        "failure_code": result.failure_code,
+        "failure_message": (result.failure_message or "")[:500] or None,
+        "provider": provider_name,
+        "provider_id": result.provider_id,
+        "idempotency_key": key,
+        "created_at": now,
+    }
 
 
 def _first_attempts(session: Session, invoice_ids: Sequence[str]) -> list[_Plan]:
@@ -451,6 +541,8 @@ def _first_attempts(session: Session, invoice_ids: Sequence[str]) -> list[_Plan]
                 method[0] if method else None,
                 method[1] if method else None,
                 customer or "",
+                row.organization_id,
+                row.environment,
             )
         )
     return plans

@@ -9,20 +9,19 @@ close is in the reports and the ledger, not on the finalized statement.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Context, Decimal, InvalidOperation, localcontext
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, func, insert, select
+from sqlalchemy import TextClause, bindparam, delete, insert, select, text
 from sqlalchemy.orm import Session
 
 from creditmeter.billing.domain import Period
 from creditmeter.billing.models import UsageStatementLine
-from creditmeter.metering.models import UsageEvent
+from creditmeter.kit.db import UTCDateTime
 from creditmeter.orgs.models import Project
 
 OPERATION = "operation"
@@ -39,13 +38,12 @@ class _Total:
     credits_micros: int = 0
     quantities: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
 
-    def add_many(self, count: int, credits_micros: int, numbers: dict[str, Decimal]) -> None:
-        """``count`` events with these credits in all and these numbers each."""
+    def add(self, count: int, credits_micros: int) -> None:
         self.event_count += count
         self.credits_micros += credits_micros
-        with localcontext(_EXACT):
-            for name, number in numbers.items():
-                self.quantities[name] += number * count
+
+    def add_quantity(self, name: str, number: Decimal) -> None:
+        self.quantities[name] = _EXACT.add(self.quantities[name], number)
 
 
 def _number(value: Any) -> Decimal | None:
@@ -73,30 +71,32 @@ def finalize_many(
     session: Session, organization_ids: Sequence[str], environment: str, of: Period
 ) -> dict[str, int]:
     """Write the statements of ``of`` for several organizations of one environment (replacing any
-    earlier draft), with one grouped query, one delete and one insert. Returns the number of events
-    each covers.
+    earlier draft), with two grouped queries, one delete and one insert. Returns the number of
+    events each covers.
 
-    The events are summed in SQL per organization, operation, project and *quantities document*:
-    events with the same quantities are counted, not decoded one by one, and each distinct document
-    is decoded once and its numbers multiplied by its count, in ``Decimal`` with enough precision
-    to be exact — the same totals as adding the events one at a time."""
+    Credits and events are summed in SQL per organization, operation and project. Quantities are
+    summed in SQL too, exactly: a value written as a plain decimal (``-?digits[.digits]``, at most
+    18 digits: what metering stores) is summed as an integer scaled by its number of decimals, per
+    scale, in two integer parts (so no sum overflows), and made a ``Decimal`` once per group; any
+    other value (an exponent, spaces, a JSON number…) is grouped by its text, counted, and read as
+    before (``_number``), once per distinct value. The totals equal adding the events one at a
+    time in ``Decimal``."""
     orgs = sorted(set(organization_ids))
     if not orgs:
         return {}
     by_operation: dict[str, dict[str, _Total]] = {org: defaultdict(_Total) for org in orgs}
     by_project: dict[str, dict[str, _Total]] = {org: defaultdict(_Total) for org in orgs}
     events = dict.fromkeys(orgs, 0)
-    shapes: dict[str, dict[str, Decimal]] = {}
+    dialect = session.get_bind().dialect.name
     for group in _chunks(orgs):
-        for org, operation, project_id, count, credits, document in session.execute(
-            _grouped(group, environment, of)
-        ):
-            numbers = shapes.get(document)
-            if numbers is None:
-                numbers = shapes[document] = _numbers(document)
+        params = {"orgs": group, "env": environment, "start": of.start, "end": of.end}
+        for org, operation, project_id, count, credits in session.execute(_TOTALS, params):
             events[org] += count
-            by_operation[org][operation].add_many(count, int(credits), numbers)
-            by_project[org][project_id or NO_PROJECT].add_many(count, int(credits), numbers)
+            by_operation[org][operation].add(count, int(credits))
+            by_project[org][project_id or NO_PROJECT].add(count, int(credits))
+        for org, operation, project_id, name, number in _quantity_sums(session, dialect, params):
+            by_operation[org][operation].add_quantity(name, number)
+            by_project[org][project_id or NO_PROJECT].add_quantity(name, number)
     names = _project_names(session, sorted({p for org in orgs for p in by_project[org] if p}))
     for group in _chunks(orgs):
         session.execute(
@@ -133,39 +133,112 @@ def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
-def _grouped(organization_ids: list[str], environment: str, of: Period) -> Any:
-    document = cast(UsageEvent.quantities, Text)
-    return (
-        select(
-            UsageEvent.organization_id,
-            UsageEvent.operation,
-            UsageEvent.project_id,
-            func.count(),
-            func.sum(UsageEvent.credits_micros),
-            document,
-        )
-        .where(
-            UsageEvent.organization_id.in_(organization_ids),
-            UsageEvent.environment == environment,
-            UsageEvent.occurred_at >= of.start,
-            UsageEvent.occurred_at < of.end,
-            UsageEvent.reversed_at.is_(None),
-        )
-        .group_by(UsageEvent.organization_id, UsageEvent.operation, UsageEvent.project_id, document)
+_FILTER = """e.organization_id IN :orgs AND e.environment = :env AND e.occurred_at >= :start
+  AND e.occurred_at < :end AND e.reversed_at IS NULL"""
+
+
+def _statement(sql: str) -> TextClause:
+    return text(sql).bindparams(
+        bindparam("orgs", expanding=True),
+        bindparam("start", type_=UTCDateTime()),
+        bindparam("end", type_=UTCDateTime()),
     )
 
 
-def _numbers(document: str | None) -> dict[str, Decimal]:
-    """The numeric dimensions of one quantities document (as ``finalize`` always read them)."""
-    quantities = json.loads(document) if document else None
-    if not isinstance(quantities, dict):
-        return {}
-    found = {}
-    for name, value in quantities.items():
-        number = _number(value)
-        if number is not None:
-            found[name] = number
-    return found
+_TOTALS = _statement(
+    "SELECT e.organization_id, e.operation, e.project_id, count(*), sum(e.credits_micros) "
+    + f"FROM usage_events AS e WHERE {_FILTER} GROUP BY e.organization_id, e.operation, e.project_id"
+)
+#: Each quantity of each event as a row (``kind``: ``text`` for a JSON string, ``integer`` for a
+#: JSON integer, what ``json.loads`` makes an ``int``; other values are left out; ``v``: its text).
+_QUANTITY_ROWS = {
+    "sqlite": "SELECT e.organization_id AS o, e.operation AS op, e.project_id AS p, "  # noqa: S608 - constants only; every value is a bound parameter
+    "q.key AS name, q.type AS kind, q.value AS v "
+    "FROM usage_events AS e, json_each(e.quantities) AS q "
+    f"WHERE {_FILTER} AND json_type(e.quantities) = 'object' AND q.type IN ('text', 'integer')",
+    "postgresql": "SELECT e.organization_id AS o, e.operation AS op, e.project_id AS p, "  # noqa: S608 - constants only; every value is a bound parameter
+    "q.key AS name, CASE json_typeof(q.value) WHEN 'string' THEN 'text' ELSE 'integer' END AS kind, "
+    "q.value #>> '{}' AS v FROM usage_events AS e, "
+    "json_each(CASE WHEN json_typeof(e.quantities) = 'object' THEN e.quantities END) AS q "
+    f"WHERE {_FILTER} AND (json_typeof(q.value) = 'string' "
+    "OR (json_typeof(q.value) = 'number' AND q.value::text ~ '^-?[0-9]+$'))",
+}
+_SPLIT = 1_000_000_000
+_DIGITS = "CAST(replace(v, '.', '') AS BIGINT)"
+_SUMS = f"sum({_DIGITS} / {_SPLIT}), sum({_DIGITS} % {_SPLIT}), count(*)"
+#: SQLite: the values grouped by their scale and their *shape* (``sig``: what is left once a
+#: leading ``-`` and the digits at both ends are trimmed), with what decides, per group, whether
+#: every value in it is a plain decimal (``-?digits[.digits]``, at least one digit, at most 18
+#: characters): ``sig`` is ``''`` or ``'.'``, no more than one leading ``-``, something besides
+#: ``-`` and ``.``, and the longest value. A group that passes is summed exactly as scaled
+#: integers; a group that does not sends its organizations to ``_BY_VALUE``. (A few string
+#: functions per value instead of a full pattern match: the close's statement step is mostly
+#: this scan.)
+_BY_SHAPE = _statement(
+    "SELECT o, op, p, name, kind, trim(ltrim(v, '-'), '0123456789') AS sig, "  # noqa: S608 - constants only; every value is a bound parameter
+    "CASE WHEN instr(v, '.') > 0 THEN length(v) - instr(v, '.') ELSE 0 END AS scale, "
+    f"{_SUMS}, max(length(v)), max(length(v) - length(ltrim(v, '-'))), "
+    f"min(length(trim(v, '-.'))) FROM ({_QUANTITY_ROWS['sqlite']}) AS x "
+    "GROUP BY 1, 2, 3, 4, 5, 6, 7"
+)
+#: Every distinct value, counted (SQLite, for organizations with a value that is not plain).
+_BY_VALUE = _statement(
+    "SELECT o, op, p, name, kind, v, count(*) "  # noqa: S608 - constants only; every value is a bound parameter
+    f"FROM ({_QUANTITY_ROWS['sqlite']}) AS x GROUP BY 1, 2, 3, 4, 5, 6"
+)
+#: PostgreSQL: plain decimals (a pattern match per value) summed as scaled integers per scale,
+#: every other value grouped by its text and counted.
+_PLAIN = "(v ~ '^-?([0-9]+[.]?[0-9]*|[.][0-9]+)$' AND length(v) <= 18)"
+_PG_QUANTITIES = _statement(
+    "SELECT o, op, p, name, CASE WHEN plain THEN NULL ELSE kind END, "  # noqa: S608 - constants only; every value is a bound parameter
+    "CASE WHEN plain THEN (CASE WHEN strpos(v, '.') > 0 THEN length(v) - strpos(v, '.') ELSE 0 END) "
+    "END, CASE WHEN plain THEN NULL ELSE v END, "
+    f"sum(CASE WHEN plain THEN {_DIGITS} / {_SPLIT} END), "
+    f"sum(CASE WHEN plain THEN {_DIGITS} % {_SPLIT} END), count(*) "
+    f"FROM (SELECT x.*, {_PLAIN} AS plain FROM ({_QUANTITY_ROWS['postgresql']}) AS x OFFSET 0) "
+    "AS y GROUP BY 1, 2, 3, 4, 5, 6, 7"
+)
+
+Quantity = tuple[str, str, str | None, str, Decimal]
+
+
+def _quantity_sums(session: Session, dialect: str, params: dict[str, Any]) -> Iterator[Quantity]:
+    """(organization, operation, project, name, exact total) of each numeric quantity."""
+    if dialect == "postgresql":
+        for org, op, project_id, name, kind, scale, value, high, low, count in session.execute(
+            _PG_QUANTITIES, params
+        ):
+            if scale is not None:
+                yield org, op, project_id, name, _scaled(high, low, scale)
+            else:
+                yield from _counted(org, op, project_id, name, kind, value, count)
+        return
+    found: list[Quantity] = []
+    odd: set[str] = set()
+    for row in session.execute(_BY_SHAPE, params):
+        org, op, project_id, name, _, sig, scale, high, low, _, longest, minus, rest = row
+        if sig not in ("", ".") or longest > 18 or minus > 1 or rest < 1:
+            odd.add(org)
+        elif org not in odd:
+            found.append((org, op, project_id, name, _scaled(high, low, scale)))
+    yield from (q for q in found if q[0] not in odd)
+    if odd:
+        for org, op, project_id, name, kind, value, count in session.execute(
+            _BY_VALUE, {**params, "orgs": sorted(odd)}
+        ):
+            yield from _counted(org, op, project_id, name, kind, value, count)
+
+
+def _scaled(high: Any, low: Any, scale: Any) -> Decimal:
+    return Decimal(int(high) * _SPLIT + int(low)).scaleb(-int(scale), _EXACT)
+
+
+def _counted(
+    org: str, op: str, project_id: str | None, name: str, kind: str, value: str, count: int
+) -> Iterator[Quantity]:
+    one = _number(int(value) if kind == "integer" else value)
+    if one is not None:
+        yield org, op, project_id, name, _EXACT.multiply(one, count)
 
 
 def _project_names(session: Session, ids: list[str]) -> dict[str, str]:
