@@ -41,6 +41,12 @@ def reverse(client: TestClient, operator: Headers, org: str, event: str) -> dict
         notes = client.get(f"/v1/organizations/{org}/credit-notes", headers=operator).json()
     found = [n for n in notes["data"] if n["reference"] == f"usage event {event}"]
     assert len(found) == 1
+    answer = response.json()
+    assert (answer["credit_note"], answer["credits"], answer["credits_returned"]) == (
+        found[0]["number"],
+        found[0]["credits"],
+        found[0]["credits_returned"],
+    )
     return found[0]
 
 

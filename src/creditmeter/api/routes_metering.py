@@ -177,7 +177,9 @@ def reverse_usage(
     org_id: str, event_id: str, body: ReverseUsageIn, caller: Caller, db: DB, settings: Config
 ) -> Any:
     """Correct a usage event (operator keys only): re-credit exactly what it cost, to the lots it came
-    from while they are valid, otherwise as an adjustment lot. Once per event."""
+    from while they are valid, otherwise as an adjustment lot. Once per event. When its month was
+    invoiced, a credit note is issued; the part the invoice billed as overage comes back as money on
+    the note, not also as credits (`credits_returned`)."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
     require_operator(caller)
     with db.write() as session:
@@ -190,14 +192,18 @@ def reverse_usage(
             clock.now(),
             settings.currency,
         )
-        credit_notes.for_usage_reversal(
+        note = credit_notes.for_usage_reversal(
             session, org_id, caller.environment, event_id, txn_id, body.reason, clock.now()
         )
+        billed = note.billed_micros if note is not None else 0
+        number = note.number if note is not None else None
     return {
         "id": event_id,
         "reversed": True,
         "credits": format_credits(credits),
+        "credits_returned": format_credits(credits - billed),
         "transaction_id": f"txn_{txn_id}",
+        "credit_note": number,
     }
 
 

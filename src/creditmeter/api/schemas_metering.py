@@ -304,5 +304,14 @@ class ReverseUsageIn(Request):
 class ReverseUsageOut(BaseModel):
     id: str
     reversed: bool
-    credits: str
+    credits: str = Field(description="What the event cost: the credits corrected.")
+    credits_returned: str = Field(
+        description="Of those, the credits given back as credits. Less than `credits` when a "
+        "closed invoice billed part of the event as overage: that part comes back as money on "
+        "the credit note instead."
+    )
     transaction_id: str
+    credit_note: str | None = Field(
+        default=None,
+        description="The credit note issued (its number), when the event's month was invoiced.",
+    )
