@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from creditmeter.billing import auto_top_up, cycle, dunning, purchases
+from creditmeter.billing import cycle, dunning, purchases
 from creditmeter.billing.models import Invoice
 from creditmeter.billing.payments.models import Payment
 from creditmeter.billing.payments.provider import ChargeResult
@@ -201,19 +201,19 @@ def test_a_failing_worker_job_does_not_stop_the_others(
     resumed: list[datetime] = []
 
     def broken(*args: Any) -> Any:
-        raise RuntimeError("auto top-up is broken")
+        raise RuntimeError("the outbox (auto top-ups) is broken")
 
     def resume(*args: Any) -> list[Any]:
         resumed.append(clock.now())
         return []
 
-    monkeypatch.setattr(auto_top_up, "run_due", broken)
+    monkeypatch.setattr(runner, "run_jobs", broken)
     monkeypatch.setattr(purchases, "resume_pending", resume)
     with clock.frozen_at(utc(2026, 2, 2, 1)), caplog.at_level(logging.ERROR):
         runner.tick(db)
     assert [a[2] for a in attempts(db, org)] == ["1", "2"]  # dunning ran
     assert resumed == [utc(2026, 2, 2, 1)]  # and so did the pending purchases
-    assert "auto top-ups could not run" in caplog.text
+    assert "outbox jobs could not run" in caplog.text
 
 
 def test_paying_needs_an_admin_of_the_organization_and_something_to_pay(
