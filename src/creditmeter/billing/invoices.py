@@ -119,17 +119,19 @@ def issue_many(
             {"invoice_id": invoice_id, "position": i, **line} for i, line in enumerate(mine, 1)
         ]
     _number(session, catalog, invoices_, of)
-    session.execute(insert(Invoice), invoices_)
+    session.connection().execute(insert(_INVOICES), invoices_)
     for invoice_id, deducted in deducted_by:
         credit_notes.record(session, invoice_id, deducted, now)
     if lines:
-        session.execute(insert(InvoiceLine), lines)
+        session.connection().execute(insert(_LINES), lines)
     if billed:
         session.connection().execute(_MARK_BILLED, billed)
     return {row["organization_id"]: row["id"] for row in invoices_}
 
 
 _ALLOCATIONS = cast(Table, PlanAllocation.__table__)
+_INVOICES = cast(Table, Invoice.__table__)
+_LINES = cast(Table, InvoiceLine.__table__)
 _MARK_BILLED = (
     update(_ALLOCATIONS)
     .where(_ALLOCATIONS.c.id == bindparam("b_id"))

@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import TextClause, bindparam, delete, insert, select, text
+from sqlalchemy import Table, TextClause, bindparam, delete, insert, select, text
 from sqlalchemy.orm import Session
 
 from creditmeter.billing.domain import Period
@@ -28,6 +28,7 @@ OPERATION = "operation"
 PROJECT = "project"
 #: The ``key`` of usage recorded without a project.
 NO_PROJECT = ""
+_LINES = cast(Table, UsageStatementLine.__table__)
 #: Sums of quantities are exact: a context wide enough that no sum of stored values rounds.
 _EXACT = Context(prec=200)
 
@@ -125,7 +126,7 @@ def finalize_many(
             for key, total in sorted(by_project[org].items())
         ]
     if values:
-        session.execute(insert(UsageStatementLine), values)
+        session.connection().execute(insert(_LINES), values)
     return events
 
 

@@ -207,6 +207,7 @@ _RENEWING = select(
     Subscription.updated_at,
 )
 _SUBSCRIPTIONS = cast(Table, Subscription.__table__)
+_ALLOCATIONS = cast(Table, PlanAllocation.__table__)
 _SAVE_RENEWED = (
     update(_SUBSCRIPTIONS)
     .where(_SUBSCRIPTIONS.c.id == bindparam("b_id"))
@@ -289,8 +290,8 @@ def renew_many(
     lots = {sub.id: lot_id for (sub, _, _), lot_id in zip(paid, lot_ids, strict=True)}
     sequences = _next_sequences(session, [sub.id for sub, _, _ in grants], period)
     if grants:
-        session.execute(
-            insert(PlanAllocation),
+        session.connection().execute(
+            insert(_ALLOCATIONS),
             [
                 _allocation_row(sub, terms, alloc, period, boundary, lots.get(sub.id), sequences)
                 for sub, terms, alloc in grants
