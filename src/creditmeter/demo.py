@@ -195,7 +195,8 @@ def _seed_globex(session: Session, now: datetime, rate_card: RateCard) -> str:
         id="globex-training-run-1",
         organization=org.id,
         operation="training",
-        quantities={"gpu_seconds": "900000", "accelerator": "a100", "data_gb": "120"},
+        # 1,806 credits at peak, 1,264 in the off-peak window (30% off): past the 1,000 either way.
+        quantities={"gpu_seconds": "1500000", "accelerator": "a100", "data_gb": "120"},
         project="forecasting",
         member="hank@globex.example",
         occurred_at=now - timedelta(hours=5),
