@@ -64,6 +64,8 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/organizations/{org}/invoices", None),
     ("GET", "/v1/organizations/{org}/credit-notes", None),
     ("POST", "/v1/organizations/{org}/test-clock", {"test_clock": "clock_missing"}),
+    ("GET", "/v1/organizations/{org}/test-clock", None),
+    ("DELETE", "/v1/organizations/{org}/test-clock", None),
     ("GET", "/v1/organizations/{org}/payment-methods", None),
     ("POST", "/v1/organizations/{org}/payment-methods", {"token": "tok_visa"}),
     ("PATCH", "/v1/organizations/{org}/payment-methods/{method}", {"default": True}),
@@ -367,6 +369,8 @@ ALLOWED = {  # (method, path) -> the status for org:admin, org:read, org:ingest
     ("GET", "/v1/organizations/{org}/invoices"): (200, 200, 403),
     ("GET", "/v1/organizations/{org}/credit-notes"): (200, 200, 403),
     ("POST", "/v1/organizations/{org}/test-clock"): (403, 403, 403),  # operator only
+    ("GET", "/v1/organizations/{org}/test-clock"): (403, 403, 403),  # operator only
+    ("DELETE", "/v1/organizations/{org}/test-clock"): (403, 403, 403),  # operator only
     ("GET", "/v1/organizations/{org}/payment-methods"): (200, 200, 403),
     ("POST", "/v1/organizations/{org}/payment-methods"): (201, 403, 403),
     ("PATCH", "/v1/organizations/{org}/payment-methods/{method}"): (200, 403, 403),

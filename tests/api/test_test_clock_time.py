@@ -1,6 +1,7 @@
 """A clocked organization lives on its clock's time, on SQLite and PostgreSQL: its subscription,
-purchases, balance, gate and usage take the clock's frozen time as "now" (here a clock two months
-ahead of real time, so real time would see none of its credits); detached, it is on real time again."""
+purchases, balance, gate and usage (sent with its own key or an operator's) take the clock's frozen
+time as "now" (here a clock about two months ahead of real time, so real time would see none of its
+credits); detached, it is on real time again."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from creditmeter.kit import clock
 from creditmeter.kit.db import Database
 from creditmeter.ledger.verify import verify
 from creditmeter.metering.models import UsageEvent
+from creditmeter.orgs import service as orgs
+from creditmeter.orgs.service import Environment, Scope
 from tests.api.test_test_clocks import new_clock
 from tests.conftest import utc
 from tests.metering import event
@@ -150,3 +153,56 @@ def test_only_clocked_organizations_leave_real_time(
         assert test_clocks.hot_now_for(db, None) == utc(2026, 12, 1)
     client.delete(f"/v1/organizations/{clocked}/test-clock", headers=operator)
     assert clocked not in test_clocks.clocked_ids(db)
+
+
+def test_an_operator_keys_events_of_a_clocked_organization_happen_on_its_clock(
+    client: TestClient, db: Database, operator: Headers, make_org: Callable[..., str]
+) -> None:
+    clocked, real = make_org("On a clock"), make_org("On real time")
+    clock_id = new_clock(client, operator, "2027-01-10T00:00:00Z")
+    client.post(
+        f"/v1/organizations/{clocked}/test-clock", json={"test_clock": clock_id}, headers=operator
+    )
+    with db.write() as session:
+        _, secret = orgs.create_api_key(
+            session, None, "test operator", [Scope.OPERATOR], Environment.TEST, clock.now()
+        )
+    test_operator = {"Authorization": f"Bearer {secret}"}
+    now = clock.now()
+    batch = client.post(
+        "/v1/usage/batch",
+        json={
+            "events": [
+                event("a", real),
+                event("b", clocked),
+                {"id": "c", "organization": clocked},  # invalid: no operation
+                event("d", clocked, occurred_at=now.isoformat()),  # too old on the clock
+                event("e", real, occurred_at="2027-01-09T00:00:00Z"),  # in real time's future
+            ]
+        },
+        headers=test_operator,
+    )
+    assert batch.status_code == 200, batch.text
+    assert [
+        (r["id"], r["status"], r.get("error", {}).get("code")) for r in batch.json()["results"]
+    ] == [
+        ("a", "applied", None),
+        ("b", "applied", None),
+        ("c", "rejected", "validation_failed"),
+        ("d", "rejected", "event_too_old"),
+        ("e", "rejected", "event_in_future"),
+    ]
+    single = client.post("/v1/usage", json=event("f", clocked), headers=test_operator)
+    assert single.status_code == 201, single.text
+    with db.read() as session:
+        stamped = dict(
+            session.execute(
+                select(UsageEvent.event_id, UsageEvent.occurred_at).where(
+                    UsageEvent.organization_id.in_([clocked, real])
+                )
+            ).all()
+        )
+    assert stamped["b"] == stamped["f"] == CLOCK
+    assert now - timedelta(minutes=5) < stamped["a"] < CLOCK - timedelta(days=30)
+    with db.read() as session:
+        assert verify(session) == []

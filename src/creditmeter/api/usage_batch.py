@@ -10,6 +10,7 @@ import orjson
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from creditmeter.api.coalesce import by_clock
 from creditmeter.api.problems import problem_body, validation_errors
 from creditmeter.api.schemas_metering import parse_events
 from creditmeter.kit.credits import format_credits
@@ -23,11 +24,20 @@ def apply_batch(db: Database, ctx: IngestContext, raw_events: list[Any]) -> list
     result per event in request order."""
     parsed = parse_events(raw_events)
     valid: list[EventInput] = [p for p in parsed if not isinstance(p, ValidationError)]
-    prepared = prepare(ctx, valid)  # pure: outside the transaction and every lock
-    with db.write() as session:
-        resolve(session, ctx, prepared)
-        applied = apply(session, ctx, prepared)
-    summary = iter(applied.summary())
+    groups = by_clock(db, ctx, valid)  # one group, unless an operator key sends clocked events
+    rows: list[Any] = [None] * len(valid)
+    for group_ctx, indexes in groups:
+        events = valid if len(groups) == 1 else [valid[i] for i in indexes]
+        prepared = prepare(group_ctx, events)  # pure: outside the transaction and every lock
+        with db.write() as session:
+            resolve(session, group_ctx, prepared)
+            applied = apply(session, group_ctx, prepared)
+        if len(groups) == 1:
+            rows = applied.summary()
+            break
+        for i, row in zip(indexes, applied.summary(), strict=True):
+            rows[i] = row
+    summary = iter(rows)
     credits: dict[int, str] = {}
     out: list[Any] = []
     for raw, p in zip(raw_events, parsed, strict=True):
