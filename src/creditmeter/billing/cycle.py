@@ -1,27 +1,41 @@
 """The monthly cycle close: at each boundary, for each subscribed organization, close the month.
 
-The close of one organization, environment and closed period runs these steps in order, each in its
-own transaction together with the record of the step reached (``CycleClose.step``), so a crash after
-any step and a rerun equal one clean close, and running it twice equals once:
+The close of one organization, environment and closed period runs these steps in order, each
+recorded in ``CycleClose.step`` in the same transaction as its writes, so a crash after any step and
+a rerun equal one clean close, and running it twice equals once:
 
-1. ``statement``: finalize the closed month's usage statement (``statements.finalize``).
-2. ``expiry``: expire the lots due at the boundary (``ledger.expire_due``: the remainder goes to
+1. ``statement``: finalize the closed month's usage statement (``statements.finalize_many``).
+2. ``expiry``: expire the lots due at the boundary (``ledger.expire_many``: the remainder goes to
    breakage); a plan with ``overage_in_arrears`` turns the arrears left at the boundary into overage,
    settled by an ``adjustment`` lot at the plan's price per credit and billed on the invoice (the new
    month's credits would otherwise pay them).
 3. ``allocation``: apply a pending downgrade or cancellation, then allocate the new month's plan lot
-   with its expiry from the plan (``subscriptions.renew``, which never allocates a cycle twice).
-4. ``invoice``: issue the invoice of the closed month (``invoices.issue``), dated the boundary.
-5. ``charge``: hand an open invoice to the payment hook (``invoices.charge``), outside any
-   transaction (a processor is never called while a lock is held), then record the step. A crash
-   between the two calls the hook again on the rerun: it charges with the invoice id as the
-   idempotency key, so the card is charged once.
+   with its expiry from the plan (``subscriptions.renew_many``, which never allocates a cycle twice).
+4. ``invoice``: issue the invoice of the closed month (``invoices.issue_many``), dated the boundary.
+5. ``charge``: hand an open invoice to the payment hook, outside any transaction (a processor is
+   never called while a lock is held), then record the step. A crash between the two calls the hook
+   again on the rerun: it charges with the invoice id as the idempotency key, so the card is charged
+   once.
+
+**Set-based.** ``run`` closes boundary by boundary, in order (every close of a boundary ends before
+the first of the next starts), in chunks of up to ``CHUNK`` organizations of one environment, in
+organization id order. Each step is one transaction for the whole chunk (``run_step``): it locks the
+chunk's balances in id order (``ledger.lock_balances``, so two runners never interleave or
+deadlock), reads the chunk's close records, subscriptions and lots with one query each, and writes
+with one statement per table (the statements from two grouped queries; expiries, overage and
+allocations through ``ledger.post_batch``; the invoices numbered from one range of the gapless
+counter; the records with one ``executemany``). If a chunk's step fails, it is run again
+organization by organization, so only the failing close fails (reported, and its later closes
+skipped); the others go on. The charges of a chunk are read with one query and sent together
+(``dunning.charge_many_at_close``; the default hook builds its provider once per run). ``close`` —
+the test clocks' and ``creditmeter cycle run --org`` — is the same path with a chunk of one.
+``after_step`` (tests inject crashes there) is called per close once its step's chunk transaction
+has committed.
 
 Every ledger write of a close is made *as of the boundary* (expiry, allocation, overage), not as of the
 moment the close runs, so a close that runs late, or a catch-up after downtime that crosses several
-boundaries one by one, in order, produces the same lots and invoices as closes run on time. Each step
-locks the organization's balance first, so two runners (the worker and ``creditmeter cycle run``)
-never interleave. ``now`` (the injectable clock) decides which periods are due and stamps the records.
+boundaries one by one, in order, produces the same lots and invoices as closes run on time. ``now``
+(the injectable clock) decides which periods are due and stamps the records.
 """
 
 from __future__ import annotations

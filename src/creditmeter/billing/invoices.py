@@ -100,10 +100,11 @@ def issue_many(
     lines: list[dict[str, Any]] = []
     billed: list[dict[str, Any]] = []
     deducted_by: list[tuple[str, list[credit_notes.Deduction]]] = []
+    periods: dict[datetime, Period] = {}
     for close in ordered:
         key = (close.organization_id, close.environment)
         invoice_id = new_id("inv")
-        mine = _allocation_lines(catalog, allocations.get(key, []))
+        mine = _allocation_lines(catalog, allocations.get(key, []), periods)
         billed += [{"b_id": line["plan_allocation_id"], "b_invoice": invoice_id} for line in mine]
         if close.overage_micros > 0 and close.overage_price_micros is not None:
             mine.append(_overage_line(close, of))
@@ -240,11 +241,18 @@ def _with_credit_notes(session: Session, organization_ids: list[str]) -> set[tup
     return found
 
 
-def _allocation_lines(catalog: Catalog, rows: list[Any]) -> list[dict[str, Any]]:
+def _allocation_lines(
+    catalog: Catalog, rows: list[Any], periods: dict[datetime, Period]
+) -> list[dict[str, Any]]:
+    """The lines of these allocations (``periods``: the periods already worked out, by start)."""
     lines: list[dict[str, Any]] = []
     for row in rows:
         share = Share(row.share_remaining_us, row.share_total_us)
-        allocated_for = domain.period_of(row.period_start, catalog.zone)
+        allocated_for = periods.get(row.period_start)
+        if allocated_for is None:
+            allocated_for = periods[row.period_start] = domain.period_of(
+                row.period_start, catalog.zone
+            )
         start = row.period_end - timedelta(microseconds=row.share_remaining_us)
         plan_name = str(row.terms.get("plan_name", row.plan))
         lines.append(

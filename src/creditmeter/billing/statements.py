@@ -219,7 +219,8 @@ def _quantity_sums(session: Session, dialect: str, params: dict[str, Any]) -> It
     for row in session.execute(_BY_SHAPE, params):
         org, op, project_id, name, _, sig, scale, high, low, _, longest, minus, rest = row
         if sig not in ("", ".") or longest > 18 or minus > 1 or rest < 1:
-            odd.add(org)
+            if _maybe_number(sig):
+                odd.add(org)
         elif org not in odd:
             found.append((org, op, project_id, name, _scaled(high, low, scale)))
     yield from (q for q in found if q[0] not in odd)
@@ -228,6 +229,17 @@ def _quantity_sums(session: Session, dialect: str, params: dict[str, Any]) -> It
             _BY_VALUE, {**params, "orgs": sorted(odd)}
         ):
             yield from _counted(org, op, project_id, name, kind, value, count)
+
+
+#: What may stand between the digits of a finite number ``Decimal`` reads: sign, point, exponent,
+#: digit grouping, white space. Any other ASCII character (the letters of a category such as
+#: ``a100``, of ``Infinity`` or ``NaN``) means the value adds nothing.
+_NUMBER_CHARACTERS = frozenset("0123456789+-.eE_ \t\n\r\f\v")
+
+
+def _maybe_number(sig: str) -> bool:
+    """Whether values of this shape may be finite numbers (then they are read one by one)."""
+    return all(c in _NUMBER_CHARACTERS or not c.isascii() for c in sig)
 
 
 def _scaled(high: Any, low: Any, scale: Any) -> Decimal:
