@@ -9,11 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from creditmeter.billing import cycle
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.models import CycleClose, Invoice, InvoiceLine, PlanAllocation
+from creditmeter.billing.payments.models import Payment
 from creditmeter.billing.plans import load_catalog
 from creditmeter.billing.subscriptions import SubscriptionRequest
 from creditmeter.kit.credits import MICROS_PER_CREDIT
@@ -101,6 +102,19 @@ def billing_of(db: Database, org: str) -> dict[str, Any]:
     }
 
 
+def add_card(
+    client: TestClient, operator: Headers, org: str, number: str = "4242424242424242"
+) -> dict[str, Any]:
+    card = {"number": number, "exp_month": 12, "exp_year": 2031}
+    added = client.post(
+        f"/v1/organizations/{org}/payment-methods?environment=test",
+        json={"card": card},
+        headers=operator,
+    )
+    assert added.status_code == 201, added.text
+    return dict(added.json())
+
+
 def new_clock(client: TestClient, operator: Headers, at: str) -> str:
     response = client.post(
         "/v1/test-clocks", json={"frozen_time": at, "name": "Q1"}, headers=operator
@@ -115,6 +129,7 @@ def test_a_clock_across_three_boundaries_bills_like_real_time(
     clocked = make_org("Rehearsal Co")
     subscribe_test(db, clocked, "professional", utc(2026, 1, 1))
     spend(db, clocked, 1200, utc(2026, 1, 10))
+    add_card(client, operator, clocked)
     clock_id = new_clock(client, operator, "2026-01-01T00:00:00Z")
     attached = client.post(
         f"/v1/organizations/{clocked}/test-clock", json={"test_clock": clock_id}, headers=operator
@@ -157,6 +172,7 @@ def test_a_clock_across_three_boundaries_bills_like_real_time(
     real = make_org("Real Co")
     subscribe_test(db, real, "professional", utc(2026, 1, 1))
     spend(db, real, 1200, utc(2026, 1, 10))
+    add_card(client, operator, real)
     for boundary in (utc(2026, 2, 1), utc(2026, 3, 1), utc(2026, 4, 1)):
         assert all(r.ok for r in cycle.run_due(db, boundary, real, catalog=CATALOG))
     with db.write() as session:
@@ -253,3 +269,56 @@ def test_cycle_due_leaves_clocked_organizations_to_their_clock(
         assert cycle.due(session, CATALOG, utc(2026, 3, 1)) == []
         assert cycle.due(session, CATALOG, utc(2026, 3, 1), org) == []
         assert len(cycle.due(session, CATALOG, utc(2026, 3, 1), org, include_clocked=True)) == 2
+
+
+def test_one_advance_runs_every_dunning_retry_at_its_own_time(
+    client: TestClient, db: Database, operator: Headers, make_org: Callable[..., str]
+) -> None:
+    org = make_org("Declined Rehearsal")
+    subscribe_test(db, org, "standard", utc(2026, 1, 1))
+    add_card(client, operator, org, "4000000000000002")
+    clock_id = new_clock(client, operator, "2026-01-01T00:00:00Z")
+    client.post(
+        f"/v1/organizations/{org}/test-clock", json={"test_clock": clock_id}, headers=operator
+    )
+
+    # One jump over the boundary and the whole dunning schedule.
+    response = client.post(
+        f"/v1/test-clocks/{clock_id}/advance", json={"to": "2026-02-10T00:00:00Z"}, headers=operator
+    )
+    assert response.status_code == 200, response.text
+    with db.read() as session:
+        invoice = session.scalars(select(Invoice).where(Invoice.organization_id == org)).one()
+        attempts = session.execute(
+            select(Payment.created_at, Payment.status, Payment.failure_code)
+            .where(Payment.reference_id == invoice.id)
+            .order_by(Payment.created_at)
+        ).all()
+    assert invoice.status == "past_due"
+    assert [tuple(a) for a in attempts] == [
+        (utc(2026, 2, 1), "failed", "card_declined"),  # the close
+        (utc(2026, 2, 2), "failed", "card_declined"),  # + 1 day
+        (utc(2026, 2, 4), "failed", "card_declined"),  # + 3 days
+        (utc(2026, 2, 6), "failed", "card_declined"),  # + 5 days: past due
+    ]
+    organization = client.get(f"/v1/organizations/{org}", headers=operator).json()
+    assert organization["status"] == "suspended"
+
+    # Real time's worker leaves the clocked organization's invoice alone.
+    runner.tick(db)
+    with db.read() as session:
+        assert (
+            session.scalar(
+                select(func.count()).select_from(Payment).where(Payment.reference_id == invoice.id)
+            )
+            == 4
+        )
+
+    good = add_card(client, operator, org)
+    paid = client.post(
+        f"/v1/invoices/{invoice.id}/pay", json={"payment_method": good["id"]}, headers=operator
+    )
+    assert (paid.status_code, paid.json()["status"]) == (200, "paid")
+    assert client.get(f"/v1/organizations/{org}", headers=operator).json()["status"] == "active"
+    with db.read() as session:
+        assert verify(session) == []

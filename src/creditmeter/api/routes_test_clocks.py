@@ -1,8 +1,8 @@
 """Test clocks (operator keys only): create, read, delete, attach and detach an organization,
 advance.
 
-An advance runs, for the attached organizations, every cycle close and lot expiry real time would
-have run on the way, boundary by boundary (``billing.test_clocks``). A detached organization is
+An advance runs, for the attached organizations, every cycle close, dunning retry and lot expiry
+real time would have run on the way, in time order (``billing.test_clocks``). A detached organization is
 billed on real time again; a clock cannot be deleted while organizations are attached."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from fastapi import APIRouter
 
 from creditmeter.api.deps import ADMIN_SCOPES, DB, Caller, authorize_org, require_operator
 from creditmeter.api.routes_billing import Plans
+from creditmeter.api.routes_payments import Provider
 from creditmeter.api.schemas_corrections import (
     OrganizationTestClock,
     TestClockAdvance,
@@ -62,12 +63,18 @@ def get_test_clock(clock_id: str, caller: Caller, db: DB) -> Any:
 
 @router.post("/v1/test-clocks/{clock_id}/advance", response_model=TestClockAdvanced)
 def advance_test_clock(
-    clock_id: str, body: TestClockAdvance, caller: Caller, db: DB, catalog: Plans
+    clock_id: str,
+    body: TestClockAdvance,
+    caller: Caller,
+    db: DB,
+    catalog: Plans,
+    provider: Provider,
 ) -> Any:
-    """Move the clock forward to `to` (422 `clock_backwards` for an earlier time), running every
-    month boundary passed for its organizations exactly as real time would."""
+    """Move the clock forward to `to` (422 `clock_backwards` for an earlier time), running for its
+    organizations every month boundary passed and every dunning retry on the way, in time order,
+    exactly as real time would."""
     require_operator(caller)
-    done = test_clocks.advance(db, catalog, clock_id, body.to, now=clock.now())
+    done = test_clocks.advance(db, catalog, clock_id, body.to, now=clock.now(), provider=provider)
     with db.read() as session:
         out = clock_json(session, test_clocks.get(session, clock_id))
     out["boundaries"] = done.boundaries

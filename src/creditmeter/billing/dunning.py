@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from creditmeter.billing import invoices
-from creditmeter.billing.models import Invoice
+from creditmeter.billing.models import Invoice, TestClockAttachment
 from creditmeter.billing.payments import history
 from creditmeter.billing.payments import methods as payment_methods
 from creditmeter.billing.payments.models import Payment, PaymentCustomer, PaymentMethod
@@ -631,12 +631,21 @@ def declined(attempt: Attempt) -> PaymentError:
     )
 
 
-def run_due(db: Database, provider: PaymentProvider, now: datetime) -> list[Attempt]:
+def run_due(
+    db: Database,
+    provider: PaymentProvider,
+    now: datetime,
+    organization_id: str | None = None,
+    *,
+    include_clocked: bool = False,
+) -> list[Attempt]:
     """The worker step: one attempt at every open invoice whose next attempt is due at ``now``
-    (never charged yet, or a scheduled retry). An invoice that fails to run is logged and retried
-    at the next tick; the others go on."""
+    (never charged yet, or a scheduled retry), of one organization or all. Organizations on a test
+    clock are charged on the clock's time: left out unless ``include_clocked`` (the clock's advance
+    sets it). An invoice that fails to run is logged and retried at the next tick; the others go
+    on."""
     made = []
-    for invoice_id in due(db, now):
+    for invoice_id in due(db, now, organization_id, include_clocked=include_clocked):
         try:
             with db.read() as session:
                 if not is_due(history_of(session, invoice_id), now):
@@ -650,8 +659,8 @@ def run_due(db: Database, provider: PaymentProvider, now: datetime) -> list[Atte
     return made
 
 
-def due(db: Database, now: datetime) -> Sequence[str]:
-    """The open invoices issued by ``now`` whose next attempt is due, oldest first."""
+def _open_invoices(organization_id: str | None, include_clocked: bool) -> Any:
+    """Open invoices with their attempts so far: (id, issued_at, n, first failure, last attempt)."""
     attempts = (
         select(
             Payment.reference_id.label("invoice_id"),
@@ -664,11 +673,43 @@ def due(db: Database, now: datetime) -> Sequence[str]:
         .subquery()
     )
     query = (
-        select(Invoice.id, attempts.c.n, attempts.c.first, attempts.c.last)
+        select(Invoice.id, Invoice.issued_at, attempts.c.n, attempts.c.first, attempts.c.last)
         .outerjoin(attempts, attempts.c.invoice_id == Invoice.id)
-        .where(Invoice.status == invoices.OPEN, Invoice.issued_at <= now)
+        .where(Invoice.status == invoices.OPEN)
         .order_by(Invoice.id)
     )
+    if organization_id is not None:
+        query = query.where(Invoice.organization_id == organization_id)
+    if not include_clocked:
+        query = query.where(
+            Invoice.organization_id.not_in(select(TestClockAttachment.organization_id))
+        )
+    return query
+
+
+def due(
+    db: Database,
+    now: datetime,
+    organization_id: str | None = None,
+    *,
+    include_clocked: bool = False,
+) -> Sequence[str]:
+    """The open invoices issued by ``now`` whose next attempt is due, oldest first (of one
+    organization, or all; organizations on a test clock only with ``include_clocked``)."""
+    query = _open_invoices(organization_id, include_clocked).where(Invoice.issued_at <= now)
     with db.read() as session:
         rows = session.execute(query).all()
     return [row.id for row in rows if is_due(History(int(row.n or 0), row.first, row.last), now)]
+
+
+def next_due_at(db: Database, organization_id: str) -> datetime | None:
+    """When the worker would next charge one of the organization's open invoices: the earliest
+    scheduled retry, or the issue time of one never charged; None when nothing is left to try.
+    (A test clock's advance stops at these moments, as real time would.)"""
+    with db.read() as session:
+        rows = session.execute(_open_invoices(organization_id, True)).all()
+    times = [
+        row.issued_at if not row.n else next_attempt_at(History(int(row.n), row.first, row.last))
+        for row in rows
+    ]
+    return min((t for t in times if t is not None), default=None)

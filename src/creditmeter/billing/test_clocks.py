@@ -2,10 +2,11 @@
 
 The operator creates a clock frozen at a time and attaches rehearsal organizations to it. From then
 on the organization is billed on the clock's time, not real time: the worker and
-``creditmeter cycle run`` leave its cycle closes and lot expiries alone (``cycle.due`` without
-``include_clocked``), and each ``advance`` of the clock runs, boundary by boundary, in order, exactly
-what the worker would have run on time: the closes due at each month boundary passed (with ``now``
-= the boundary), the lots due to expire by then, and finally the same for the clock's new time.
+``creditmeter cycle run`` leave its cycle closes, dunning retries and lot expiries alone
+(``include_clocked`` unset), and each ``advance`` of the clock runs, in time order, exactly what the
+worker would have run on time: the closes due at each month boundary passed (with ``now`` = the
+boundary), each dunning retry at its own time in between, the lots due to expire by then, and
+finally the same for the clock's new time.
 
 - **Only test organizations**: an organization with an active ``live`` subscription cannot be
   attached (``409 live_subscription``): a clock must never close, invoice or charge live money
@@ -39,10 +40,11 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import cycle, domain, invoices
+from creditmeter.billing import cycle, domain, dunning
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.models import Subscription, TestClock, TestClockAttachment
+from creditmeter.billing.payments.provider import PaymentProvider
 from creditmeter.errors import Conflict, InvalidRequest, NotFound
 from creditmeter.kit import clock as real_clock
 from creditmeter.kit.clock import ensure_utc
@@ -247,10 +249,14 @@ def advance(
     to: datetime,
     *,
     now: datetime,
-    charge: cycle.Charge = invoices.charge,
+    charge: cycle.Charge | None = None,
+    provider: PaymentProvider | None = None,
 ) -> Advanced:
-    """Move the clock forward to ``to``, running for its organizations every close and expiry that
-    real time would have run on the way, boundary by boundary, in order."""
+    """Move the clock forward to ``to``, running for its organizations everything the worker would
+    have run on the way, in time order: at each month boundary the closes due (charged through
+    ``charge``, by default the provider's first attempt) and the expiries; between them each
+    dunning retry at its own time (``provider``, by default the one the environment configures);
+    and all of it once more at ``to``."""
     to = ensure_utc(to)
     with db.read() as session:
         clock = get(session, clock_id)
@@ -272,13 +278,14 @@ def advance(
     result.boundaries = list(moments)
     if not moments or moments[-1] != to:
         moments.append(to)
+    payments = _Payments(db, provider, charge)
+    done = start
     for moment in moments:
-        for org in members:
-            result.closes += cycle.run_due(
-                db, moment, org, catalog=catalog, charge=charge, include_clocked=True
-            )
-            with db.write() as session:
-                ledger.expire_due(session, moment, org)
+        while (retry := _next_retry(db, members, done, moment)) is not None:
+            _run_at(db, catalog, members, retry, payments, result, closes=False)
+            done = retry
+        _run_at(db, catalog, members, moment, payments, result, closes=True)
+        done = moment
     with db.write() as session:
         clock = get(session, clock_id)
         if to > clock.frozen_time:
@@ -287,6 +294,64 @@ def advance(
         session.flush()
         result.clock = clock
     return result
+
+
+class _Payments:
+    """The provider and the close's charge hook of one advance, built once and only if needed."""
+
+    def __init__(
+        self, db: Database, provider: PaymentProvider | None, charge: cycle.Charge | None
+    ) -> None:
+        self._db, self._provider, self._charge = db, provider, charge
+
+    @property
+    def provider(self) -> PaymentProvider:
+        if self._provider is None:
+            from creditmeter.billing.payments import build_provider
+            from creditmeter.config import Settings
+
+            settings = Settings.from_env()
+            self._provider = build_provider(
+                settings.payment_provider, self._db, settings.stripe_secret_key
+            )
+        return self._provider
+
+    @property
+    def charge(self) -> cycle.Charge:
+        if self._charge is None:
+            self._charge = dunning.charger(self.provider)
+        return self._charge
+
+
+def _next_retry(
+    db: Database, members: list[str], after: datetime, before: datetime
+) -> datetime | None:
+    """The earliest dunning attempt of the clock's organizations strictly inside (after, before)."""
+    times = [dunning.next_due_at(db, org) for org in members]
+    return min((t for t in times if t is not None and after < t < before), default=None)
+
+
+def _run_at(
+    db: Database,
+    catalog: Catalog,
+    members: list[str],
+    moment: datetime,
+    payments: _Payments,
+    result: Advanced,
+    *,
+    closes: bool,
+) -> None:
+    """One worker tick at ``moment`` for the clock's organizations: the closes due (at a boundary
+    and at the clock's new time), the dunning attempts due, the lots due to expire."""
+    for org in members:
+        if closes:
+            result.closes += cycle.run_due(
+                db, moment, org, catalog=catalog, charge=payments.charge, include_clocked=True
+            )
+        if dunning.next_due_at(db, org) is not None:
+            dunning.run_due(db, payments.provider, moment, org, include_clocked=True)
+        with db.write() as session:
+            ledger.expire_due(session, moment, org)
 
 
 def expire_due_on_real_time(session: Session, now: datetime) -> list[tuple[str, str, int]]:
