@@ -15,9 +15,10 @@ quantity shapes each; 80% of the events name a project.
 
 The figure: with the clock at the boundary (2026-11-01 00:00 UTC), ``billing.cycle.run_due`` for all
 organizations, as the worker runs it: statement, expiry (and overage), allocation, invoice and charge
-for each. The baseline, in the same run on the same database: one aggregation query with the raw driver,
-``SELECT organization_id, operation, project_id, sum(credits_micros), count(*) FROM usage_events WHERE
-occurred_at >= :start AND occurred_at < :end GROUP BY 1, 2, 3``, every row fetched, timed before and
+for each, batched (chunks of ``cycle.CHUNK`` organizations, one transaction per step per
+chunk). The baseline, in the same run on the same database: one aggregation query with the raw
+driver, ``SELECT organization_id, operation, project_id, sum(credits_micros), count(*) FROM
+usage_events WHERE occurred_at >= :start AND occurred_at < :end GROUP BY 1, 2, 3``, every row fetched, timed before and
 after the close (mean). Target: the close takes at most 1.5x the query.
 
 Afterwards the run is checked: every close returned without error; every organization has exactly one
@@ -184,9 +185,10 @@ def raw_query(url: str) -> tuple[float, list[tuple[Any, ...]]]:
 
 
 class StepClock:
-    """Seconds spent in each close step, summed over the organizations (``after_step`` is called
-    when a step's transaction has committed; the first step's share includes the gap between two
-    closes: the previous close's summary read)."""
+    """Seconds spent in each close step, summed over the organizations (``after_step`` is called per
+    close once its step's chunk transaction has committed, so the first close of a chunk carries the
+    chunk's time; the charge step includes the charges, made before it is recorded, and the first
+    step's share the gap between two chunks: the previous chunk's summary read)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
