@@ -94,3 +94,20 @@ def test_verify_reports_a_tampered_journal_and_exits_1(cli, db: Database) -> Non
     assert result.exit_code == 1
     assert "zero-sum" in result.stdout
     assert "lot-remaining" in result.stdout
+
+
+def test_commands_on_a_database_without_the_schema_say_what_to_do(tmp_path) -> None:
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path}/var/creditmeter.db"
+    env = {"CREDITMETER_DATABASE_URL": url, "COLUMNS": "200"}
+    for args in (["verify"], ["org", "list"], ["cycle", "run"], ["jobs", "status"]):
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 2, (args, result.output)
+        said = " ".join(result.output.split())
+        assert "database_not_ready" in said
+        assert "creditmeter db upgrade" in said
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "var" / "creditmeter.db").exists()  # nothing created by looking
+
+    assert runner.invoke(app, ["db", "upgrade"], env=env).exit_code == 0
+    assert runner.invoke(app, ["verify"], env=env).exit_code == 0

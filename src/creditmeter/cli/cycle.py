@@ -12,11 +12,11 @@ from rich.table import Table
 
 from creditmeter.billing import cycle, domain
 from creditmeter.billing.plans import PlansError, load_catalog
+from creditmeter.cli.common import open_database
 from creditmeter.config import Settings
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
-from creditmeter.kit.db import Database
 from creditmeter.orgs import service as orgs
 
 cycle_app = typer.Typer(
@@ -76,7 +76,7 @@ def run(
     except PlansError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
         raise typer.Exit(2) from exc
-    db = Database(settings.database_url)
+    db = open_database(settings)
     with db.read() as session:
         org_id = None
         if org is not None:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from creditmeter.config import Settings
+from creditmeter.cli.common import open_database
 from creditmeter.kit import clock, outbox
 from creditmeter.kit.db import Database
 
@@ -21,7 +21,7 @@ err = Console(stderr=True)
 
 
 def _database() -> Database:
-    return Database(Settings.from_env().database_url)
+    return open_database()
 
 
 @jobs_app.command("status")

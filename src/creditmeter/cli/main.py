@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from creditmeter import __version__
+from creditmeter.cli.common import open_database
 from creditmeter.cli.cycle import cycle_app
 from creditmeter.cli.jobs import jobs_app
 from creditmeter.config import Settings
@@ -74,7 +75,7 @@ def _settings() -> Settings:
 
 
 def _database() -> Database:
-    return Database(_settings().database_url)
+    return open_database(_settings())
 
 
 def _credits(value: str, what: str = "credits") -> int:
@@ -203,7 +204,7 @@ def worker(
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    db = Database(settings.database_url)
+    db = open_database(settings)
     if once:
         n = tick(db, settings.plans_path)
         out.print(f"expired credits of {n} organization balance(s)")
