@@ -253,6 +253,7 @@ def renew_many(
     allocated = {sub.id: 0 for sub in renewing}
     period = domain.period_of(boundary, catalog.zone)
     grants: list[tuple[Renewing, Terms, domain.Allocation]] = []
+    allocations: dict[Terms, domain.Allocation] = {}
     changed = []
     for sub in renewing:
         if _apply_pending(sub, boundary):
@@ -260,7 +261,12 @@ def renew_many(
         if sub.status != ACTIVE or sub.allocated_through != boundary:
             continue
         terms = Terms.from_json(sub.terms)
-        grants.append((sub, terms, domain.allocation(terms, period, boundary, catalog.zone, None)))
+        alloc = allocations.get(terms)
+        if alloc is None:  # the same terms allocate the same (pure): worked out once per chunk
+            alloc = allocations[terms] = domain.allocation(
+                terms, period, boundary, catalog.zone, None
+            )
+        grants.append((sub, terms, alloc))
         sub.allocated_through = period.end
         sub.updated_at = boundary
         if sub not in changed:
