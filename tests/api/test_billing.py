@@ -59,12 +59,14 @@ def test_any_valid_key_lists_the_plans(
         "credit_price": {"amount": "0.06", "currency": "USD"},
         "purchase_expiry_months": 12,
         "overage_in_arrears": False,
+        "packages_on_account": False,
     }
     assert (professional["allocation_credits"], professional["rollover_cycles"]) == ("5000", 3)
     assert enterprise["allocation_credits"] is None
     assert enterprise["rollover_cycles"] == "never"
     assert enterprise["custom_terms"]
     assert enterprise["overage_in_arrears"]
+    assert enterprise["packages_on_account"]
 
 
 def test_packages_show_their_price_on_each_plan(

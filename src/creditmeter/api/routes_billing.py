@@ -83,6 +83,7 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
         },
         "purchase_expiry_months": _months(plan.purchase_expiry_months),
         "overage_in_arrears": plan.overage_in_arrears,
+        "packages_on_account": plan.packages_on_account,
     }
 
 
@@ -158,6 +159,7 @@ def _terms_json(terms: Terms) -> dict[str, Any]:
         },
         "purchase_expiry_months": _months(terms.purchase_expiry_months),
         "overage_in_arrears": terms.overage_in_arrears,
+        "packages_on_account": terms.packages_on_account,
     }
 
 

@@ -286,7 +286,10 @@ def list_payments(
     f"{ORG}/purchases",
     status_code=201,
     response_model=PurchaseOut,
-    responses={402: {"description": "The payment was declined; nothing was granted."}},
+    responses={
+        402: {"description": "The payment was declined; nothing was granted."},
+        409: {"description": "on_account_not_allowed: the plan does not bill packages on account."},
+    },
 )
 def create_purchase(
     org_id: str,
@@ -303,8 +306,10 @@ def create_purchase(
     first outcome (or finishes a purchase interrupted before its outcome was recorded) and never
     charges twice. On success a `purchase` lot is granted at once (a paused organization resumes);
     on a decline the answer is a 402 problem whose `code` is the processor's reason
-    (`card_declined`, `insufficient_funds`, ...) and nothing is granted. An operator key, or an
-    org:admin key of this organization."""
+    (`card_declined`, `insufficient_funds`, ...) and nothing is granted. `"billing": "on_account"`
+    (plans with `packages_on_account`, e.g. enterprise; otherwise `409 on_account_not_allowed`):
+    no card and no charge, the lot is granted at once and the purchase is billed as a `package`
+    line on the invoice of its month. An operator key, or an org:admin key of this organization."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
     env = environment_for(caller, environment)
     if idempotency_key is None:
@@ -321,7 +326,9 @@ def create_purchase(
             ],
         )
     key = idem.check_key(idempotency_key)
-    request = purchases.PurchaseRequest(body.package, body.credits, body.payment_method)
+    request = purchases.PurchaseRequest(
+        body.package, body.credits, body.payment_method, body.billing
+    )
     with db.read() as session:  # a clocked organization buys at its clock's time
         now = test_clocks.now_for(session, org_id)
     row = purchases.purchase(db, provider, catalog, org_id, env, request, key, now=now)

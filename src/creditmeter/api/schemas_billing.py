@@ -75,6 +75,9 @@ class PlanOut(BaseModel):
     credit_price: CreditPrice
     purchase_expiry_months: int | Literal["never"]
     overage_in_arrears: bool
+    packages_on_account: bool = Field(
+        description="Packages may be bought on account (billing: on_account), invoiced monthly."
+    )
 
 
 class PlansOut(BaseModel):
@@ -164,6 +167,9 @@ class SubscriptionOut(BaseModel):
     credit_price: CreditPrice
     purchase_expiry_months: int | Literal["never"]
     overage_in_arrears: bool
+    packages_on_account: bool = Field(
+        description="Packages may be bought on account (billing: on_account), invoiced monthly."
+    )
     current_period: PeriodOut
     current_period_allocations: list[AllocationOut] = Field(
         description="Plan credits allocated in the current period, with the fee each owes."

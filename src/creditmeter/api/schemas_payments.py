@@ -96,7 +96,13 @@ class PurchaseIn(Request):
         default=None, description="A custom amount, within the bounds of GET /v1/packages."
     )
     payment_method: ObjectId | None = Field(
-        default=None, description="A payment method id; default: the organization's default."
+        default=None,
+        description="A payment method id; default: the organization's default. Charge only.",
+    )
+    billing: Literal["charge", "on_account"] = Field(
+        default="charge",
+        description="charge: the card now. on_account: no card; billed as a package line on the "
+        "invoice of the month (plans with packages_on_account only, else 409).",
     )
 
 
@@ -110,8 +116,12 @@ class PurchaseOut(BaseModel):
     credits: str
     price_per_credit: CreditPrice
     amount: Money
-    payment_method_id: str
+    billing: Literal["charge", "on_account"]
+    payment_method_id: str | None = Field(description="The card charged; null on account.")
     payment_id: str | None
+    invoice_id: str | None = Field(
+        description="On account: the invoice that billed it (null until its month is invoiced)."
+    )
     lot_id: str | None = Field(description="The purchase lot granted (on success).")
     expires_at: datetime | None = Field(description="When the purchased credits expire.")
     failure_code: str | None

@@ -246,6 +246,7 @@ class Plan:
     credit_price_micros: int
     purchase_expiry_months: int | None
     overage_in_arrears: bool
+    packages_on_account: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,9 @@ class Terms:
     credit_price_micros: int
     purchase_expiry_months: int | None
     overage_in_arrears: bool
+    #: Packages may be bought on account (billed on the next invoice) instead of charged at once.
+    #: False in snapshots taken before the setting existed.
+    packages_on_account: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -348,6 +352,7 @@ class Terms:
             "credit_price_micros": self.credit_price_micros,
             "purchase_expiry_months": self.purchase_expiry_months,
             "overage_in_arrears": self.overage_in_arrears,
+            "packages_on_account": self.packages_on_account,
         }
 
     @classmethod
@@ -401,6 +406,7 @@ def terms_for(plan: Plan, allocation_micros: int | None = None, rollover: Rollov
         credit_price_micros=plan.credit_price_micros,
         purchase_expiry_months=plan.purchase_expiry_months,
         overage_in_arrears=plan.overage_in_arrears,
+        packages_on_account=plan.packages_on_account,
     )
 
 
@@ -533,6 +539,20 @@ def describe_allocation(
     return (
         f"{what}, {first.day} to {last.day} {month_name(of)} "
         f"(prorated from {first:%Y-%m-%d %H:%M} {first.tzname()})"
+    )
+
+
+def describe_package(
+    package_name: str | None, credits_micros: int, bought_at: datetime, zone: tzinfo
+) -> str:
+    """The text of an invoice line for a purchase on account: ``"Professional package (5,000
+    credits), bought 12 January 2026"`` (the day in the billing time zone); a custom amount is a
+    ``"Custom package"``."""
+    day = bought_at.astimezone(zone)
+    credits = group_digits(format_credits(credits_micros))
+    return (
+        f"{package_name or 'Custom package'} ({credits} credits), bought "
+        f"{day.day} {_MONTH_NAMES[day.month - 1]} {day.year}"
     )
 
 

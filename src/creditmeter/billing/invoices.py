@@ -2,9 +2,12 @@
 
 - **Lines.** Every plan allocation of the month (or earlier) that no invoice has billed yet: a full
   cycle is a ``plan_fee`` line, a first subscription or an upgrade inside the month a ``proration``
-  (``PlanAllocation.invoice_id`` is set in the same transaction, so a fee is billed once). Then the
-  overage a plan with ``overage_in_arrears`` ran up, at its price per credit. The total is the sum of
-  the lines, in integer minor units of the subscription's currency.
+  (``PlanAllocation.invoice_id`` is set in the same transaction, so a fee is billed once). Then a
+  ``package`` line per purchase on account made before the end of the month and not billed yet
+  (``Purchase.invoice_id`` set in the same transaction, so it is billed once). Then the overage a
+  plan with ``overage_in_arrears`` ran up, at its price per credit, and last the credit notes
+  deducted. The total is the sum of the lines, in integer minor units of the subscription's
+  currency.
 - **Numbers** are gapless per operator, year and environment (``INV-2026-000001``,
   ``INV-TEST-2026-000001``): the number is taken from the series' counter row in the invoice's own
   transaction, near its end. A rollback gives the number back; the row lock makes concurrent
@@ -39,6 +42,7 @@ from creditmeter.billing.models import (
     PlanAllocation,
     UsageStatementLine,
 )
+from creditmeter.billing.payments.models import Purchase
 from creditmeter.errors import NotFound
 from creditmeter.kit.credits import format_credits
 from creditmeter.kit.db import Database
@@ -84,21 +88,25 @@ def issue_many(
 ) -> dict[str, str]:
     """Create the invoices of ``of`` (the cycle close's invoice step, for several organizations
     whose locks the caller holds), issued at the end of ``of``: the customers, the unbilled
-    allocations and the credit notes to deduct read with one query each, the numbers taken as one
-    range per series (gapless, in organization id order), the invoices, lines and allocation
-    marks written with one statement each. Returns the invoice id per organization."""
+    allocations, the unbilled purchases on account and the credit notes to deduct read with one
+    query each, the numbers taken as one range per series (gapless, in organization id order), the
+    invoices, lines, allocation marks and purchase marks written with one statement each. Lines:
+    allocations, packages, overage, then credit-note deductions (against what the others owe).
+    Returns the invoice id per organization."""
     ordered = sorted(closes, key=lambda c: (c.organization_id, c.environment))
     if not ordered:
         return {}
     orgs_ = [c.organization_id for c in ordered]
     customers = _customers(session, orgs_)
     allocations = _unbilled(session, orgs_, of)
+    on_account = _unbilled_purchases(session, orgs_, of)
     noted = _with_credit_notes(session, orgs_)
     from creditmeter.billing import credit_notes  # it numbers its notes with next_number
 
     invoices_: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     billed: list[dict[str, Any]] = []
+    sold: list[dict[str, Any]] = []
     deducted_by: list[tuple[str, list[credit_notes.Deduction]]] = []
     periods: dict[datetime, Period] = {}
     for close in ordered:
@@ -106,6 +114,9 @@ def issue_many(
         invoice_id = new_id("inv")
         mine = _allocation_lines(catalog, allocations.get(key, []), periods)
         billed += [{"b_id": line["plan_allocation_id"], "b_invoice": invoice_id} for line in mine]
+        bought = on_account.get(key, [])
+        mine += _package_lines(catalog, bought)
+        sold += [{"p_id": row.id, "p_invoice": invoice_id} for row in bought]
         if close.overage_micros > 0 and close.overage_price_micros is not None:
             mine.append(_overage_line(close, of))
         if key in noted:
@@ -127,6 +138,8 @@ def issue_many(
         session.connection().execute(insert(_LINES), lines)
     if billed:
         session.connection().execute(_MARK_BILLED, billed)
+    if sold:
+        session.connection().execute(_MARK_PURCHASES_BILLED, sold)
     return {row["organization_id"]: row["id"] for row in invoices_}
 
 
@@ -239,6 +252,62 @@ def _with_credit_notes(session: Session, organization_ids: list[str]) -> set[tup
         )
         found.update((org, env) for org, env in rows)
     return found
+
+
+_PURCHASES = cast(Table, Purchase.__table__)
+_MARK_PURCHASES_BILLED = (
+    update(_PURCHASES)
+    .where(_PURCHASES.c.id == bindparam("p_id"))
+    .values(invoice_id=bindparam("p_invoice"))
+)
+
+
+def _unbilled_purchases(
+    session: Session, organization_ids: list[str], of: Period
+) -> dict[tuple[str, str], list[Any]]:
+    """The purchases on account made before the end of ``of`` that no invoice billed yet, per
+    organization and environment, oldest first (one query per 500 organizations)."""
+    found: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    p = _PURCHASES.c
+    for start in range(0, len(organization_ids), 500):
+        rows = session.execute(
+            select(_PURCHASES)
+            .where(
+                p.organization_id.in_(organization_ids[start : start + 500]),
+                p.billing == "on_account",
+                p.invoice_id.is_(None),
+                p.status == "succeeded",
+                p.created_at < of.end,
+            )
+            .order_by(p.created_at, p.id)
+        )
+        for row in rows:
+            found[(row.organization_id, row.environment)].append(row)
+    return found
+
+
+def _package_lines(catalog: Catalog, rows: list[Any]) -> list[dict[str, Any]]:
+    """One ``package`` line per purchase on account: quantity 1 at the purchase's amount."""
+    lines = []
+    for row in rows:
+        package = catalog.packages.get(row.package) if row.package else None
+        name = package.name if package else (f"{row.package} package" if row.package else None)
+        lines.append(
+            {
+                "kind": "package",
+                "description": domain.describe_package(
+                    name, row.credits_micros, row.created_at, catalog.zone
+                ),
+                "quantity": "1",
+                "unit_price": domain.format_money(row.amount_minor, row.currency),
+                "amount_minor": row.amount_minor,
+                "credits_micros": row.credits_micros,
+                "service_start": row.created_at,  # the credits bought, valid until they expire
+                "service_end": row.expires_at,
+                "plan_allocation_id": None,
+            }
+        )
+    return lines
 
 
 def _allocation_lines(

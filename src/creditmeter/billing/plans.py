@@ -119,6 +119,7 @@ class PlanConfig(_Strict):
     credit_price: Credits
     purchase_expiry_months: Months = 12
     overage_in_arrears: bool = False
+    packages_on_account: bool = False
 
     @field_validator("credit_price")
     @classmethod
@@ -285,6 +286,7 @@ def _plan(plan_id: str, p: PlanConfig) -> Plan:
         credit_price_micros=p.credit_price,
         purchase_expiry_months=p.purchase_expiry_months,
         overage_in_arrears=p.overage_in_arrears,
+        packages_on_account=p.packages_on_account,
     )
 
 

@@ -19,6 +19,14 @@ A crash or a lost connection between steps leaves a ``pending`` purchase. Runnin
 client retrying with the same ``Idempotency-Key``, or :func:`resume_pending`) repeats step 2 with the
 same processor key, so the processor returns the first charge instead of charging twice, and step 3
 records it once (the purchase row is re-read under the lock; the payment's key is unique).
+
+**On account** (``billing="on_account"``, for a plan with ``packages_on_account``): no payment
+method and no processor. One write transaction, under the organization's write lock, records the
+purchase ``succeeded`` and grants its lot exactly as a charged purchase would; there is no payment
+row (nothing was charged). The invoice of the month of the purchase bills it as a ``package`` line
+and sets ``invoice_id`` in its own transaction, so it is billed once (``billing.invoices``). The
+idempotency key works the same: the purchase row and its lot are written together or not at all,
+and the key is unique, so a retry returns the first purchase and never grants twice.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import domain
+from creditmeter.billing import domain, subscriptions
 from creditmeter.billing.domain import Catalog, Terms
 from creditmeter.billing.models import Subscription
 from creditmeter.billing.payments import history
@@ -49,6 +57,7 @@ from creditmeter.ledger.domain import LotSource
 from creditmeter.orgs import service as orgs
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+CHARGE, ON_ACCOUNT = "charge", "on_account"
 #: Purchased lots take the default priority (DESIGN.md §2: all lots share it unless the operator
 #: sets another).
 PURCHASE_PRIORITY = 100
@@ -58,21 +67,27 @@ class SubscriptionRequired(Conflict):
     code = "subscription_required"
 
 
+class OnAccountNotAllowed(Conflict):
+    code = "on_account_not_allowed"
+
+
 @dataclass(frozen=True)
 class PurchaseRequest:
     package: str | None = None
     credits_micros: int | None = None
     payment_method_id: str | None = None
+    billing: str = CHARGE
 
     def fingerprint(self, environment: str) -> str:
-        return request_fingerprint(
-            {
-                "environment": environment,
-                "package": self.package,
-                "credits_micros": self.credits_micros,
-                "payment_method": self.payment_method_id,
-            }
-        )
+        body: dict[str, Any] = {
+            "environment": environment,
+            "package": self.package,
+            "credits_micros": self.credits_micros,
+            "payment_method": self.payment_method_id,
+        }
+        if self.billing != CHARGE:  # charged purchases keep the fingerprint they always had
+            body["billing"] = self.billing
+        return request_fingerprint(body)
 
 
 @dataclass(frozen=True)
@@ -141,8 +156,12 @@ def begin(
     now: datetime,
     purpose: str = "purchase",
 ) -> Purchase:
-    """Step 1: the purchase recorded as pending (or the one this key already made)."""
+    """Step 1: the purchase recorded as pending (or the one this key already made). A purchase on
+    account is recorded succeeded with its lot granted, in this transaction."""
     orgs.get_organization(session, organization_id)
+    if request.billing == ON_ACCOUNT:
+        # The write lock first: a twin with the same key waits here, then finds this purchase.
+        ledger.lock_balance(session, organization_id, environment)
     fingerprint = request.fingerprint(environment)
     existing = by_key(session, organization_id, environment, idempotency_key)
     if existing is not None:
@@ -153,6 +172,10 @@ def begin(
                 code="idempotency_key_reused",
             )
         return existing
+    if request.billing == ON_ACCOUNT:
+        return _on_account(
+            session, catalog, organization_id, environment, request, idempotency_key, now, purpose
+        )
     terms = terms_of(session, organization_id, environment)
     offer = quote(catalog, terms, request)
     method = _method_for(session, organization_id, environment, request.payment_method_id)
@@ -167,6 +190,7 @@ def begin(
         amount_minor=offer.amount_minor,
         currency=offer.currency,
         payment_method_id=method.id,
+        billing=CHARGE,
         status=PENDING,
         expires_at=domain.purchase_expiry(now, terms.purchase_expiry_months, catalog.zone),
         idempotency_key=idempotency_key,
@@ -176,6 +200,103 @@ def begin(
     session.add(row)
     session.flush()
     return row
+
+
+def _on_account(
+    session: Session,
+    catalog: Catalog,
+    organization_id: str,
+    environment: str,
+    request: PurchaseRequest,
+    idempotency_key: str,
+    now: datetime,
+    purpose: str,
+) -> Purchase:
+    """A purchase on account, recorded succeeded with its lot (the caller holds the write lock)."""
+    if request.payment_method_id is not None:
+        raise _invalid(
+            "payment_method",
+            "payment_method_not_used",
+            "a purchase on account is billed on the next invoice, not charged to a card; omit "
+            "payment_method",
+        )
+    terms = _on_account_terms(session, organization_id, environment)
+    offer = quote(catalog, terms, request)
+    row = Purchase(
+        id=new_id("pur"),
+        organization_id=organization_id,
+        environment=environment,
+        purpose=purpose,
+        package=offer.package,
+        credits_micros=offer.credits_micros,
+        price_micros=offer.price_micros,
+        amount_minor=offer.amount_minor,
+        currency=offer.currency,
+        payment_method_id=None,
+        billing=ON_ACCOUNT,
+        status=SUCCEEDED,
+        expires_at=domain.purchase_expiry(now, terms.purchase_expiry_months, catalog.zone),
+        idempotency_key=idempotency_key,
+        request_hash=request.fingerprint(environment),
+        created_at=now,
+        completed_at=now,
+    )
+    session.add(row)
+    session.flush()  # the key's unique constraint before the grant
+    row.lot_id = _grant(session, catalog, row, now)
+    session.flush()
+    return row
+
+
+def _on_account_terms(session: Session, organization_id: str, environment: str) -> Terms:
+    """The terms of an active subscription whose plan lets it buy on account, or a 409."""
+    sub = session.scalars(
+        select(Subscription).where(
+            Subscription.organization_id == organization_id,
+            Subscription.environment == environment,
+        )
+    ).first()
+    if sub is None:
+        raise SubscriptionRequired(
+            "subscribe the organization to a plan first (PUT …/subscription): buying on account "
+            "is a plan setting"
+        )
+    terms = Terms.from_json(sub.terms)
+    if sub.status != subscriptions.ACTIVE:
+        raise OnAccountNotAllowed(
+            "the organization's subscription is canceled, so no invoice would bill a purchase on "
+            'account; buy with "billing": "charge"'
+        )
+    if not terms.packages_on_account:
+        raise OnAccountNotAllowed(
+            f"the {terms.plan_name} plan does not allow buying on account; buy with "
+            '"billing": "charge" (a card), or ask the operator for a plan that bills packages '
+            "on the invoice"
+        )
+    return terms
+
+
+def _grant(session: Session, catalog: Catalog, row: Purchase, now: datetime) -> str:
+    """The purchase's lot: cost basis = the amount per credit, the plan's purchase expiry; any
+    arrears are paid first (so a paused organization resumes)."""
+    return ledger.grant(
+        session,
+        row.organization_id,
+        row.environment,
+        ledger.GrantRequest(
+            amount_micros=row.credits_micros,
+            source=LotSource.PURCHASE,
+            reason=f"purchase {row.id}: {_what(catalog, row)}",
+            effective_at=now,
+            expires_at=row.expires_at,
+            priority=PURCHASE_PRIORITY,
+            cost_basis_micros=domain.cost_basis_micros(
+                row.amount_minor, row.credits_micros, row.currency
+            ),
+            currency=row.currency,
+        ),
+        now,
+    )
 
 
 def _method_for(
@@ -251,24 +372,7 @@ def complete(
     row.completed_at = now
     if result.succeeded:
         row.status = SUCCEEDED
-        row.lot_id = ledger.grant(
-            session,
-            row.organization_id,
-            row.environment,
-            ledger.GrantRequest(
-                amount_micros=row.credits_micros,
-                source=LotSource.PURCHASE,
-                reason=f"purchase {row.id}: {_what(catalog, row)}",
-                effective_at=now,
-                expires_at=row.expires_at,
-                priority=PURCHASE_PRIORITY,
-                cost_basis_micros=domain.cost_basis_micros(
-                    row.amount_minor, row.credits_micros, row.currency
-                ),
-                currency=row.currency,
-            ),
-            now,
-        )
+        row.lot_id = _grant(session, catalog, row, now)
     else:
         row.status = FAILED
         row.failure_code = result.failure_code or "payment_failed"
@@ -409,8 +513,10 @@ def purchase_json(row: Purchase) -> dict[str, Any]:
             "currency": row.currency,
         },
         "amount": {"amount_minor": row.amount_minor, "currency": row.currency},
+        "billing": row.billing,
         "payment_method_id": row.payment_method_id,
         "payment_id": row.payment_id,
+        "invoice_id": row.invoice_id,
         "lot_id": row.lot_id,
         "expires_at": row.expires_at,
         "failure_code": row.failure_code,

@@ -147,12 +147,18 @@ class Refund(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+#: The on-account purchases no invoice has billed yet (what the invoice step looks for).
+_UNBILLED = text("billing = 'on_account' AND invoice_id IS NULL")
+
+
 class Purchase(Base):
     """A purchase of credits: ``pending`` until the charge's outcome is recorded, then
     ``succeeded`` (with the lot it granted) or ``failed``. ``idempotency_key`` is the client's key
     (unique per organization and environment) and ``request_hash`` what it was sent with; the
     processor is charged with ``purchase:<id>`` as its key, so re-running a pending purchase never
-    charges twice."""
+    charges twice. ``billing`` ``on_account``: no card and no charge (``payment_method_id`` and
+    ``payment_id`` stay null), ``succeeded`` when recorded, and billed once by the invoice of its
+    month (``invoice_id``, set in the invoice's own transaction)."""
 
     __tablename__ = "purchases"
     __table_args__ = (
@@ -161,7 +167,15 @@ class Purchase(Base):
         CheckConstraint("purpose IN ('purchase', 'auto_top_up')", name="purpose_known"),
         CheckConstraint("credits_micros > 0", name="credits_positive"),
         CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint("billing IN ('charge', 'on_account')", name="billing_known"),
         Index("ix_purchases_org_env_status", "organization_id", "environment", "status"),
+        Index(
+            "ix_purchases_unbilled",
+            "organization_id",
+            "created_at",
+            sqlite_where=_UNBILLED,
+            postgresql_where=_UNBILLED,
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -173,7 +187,9 @@ class Purchase(Base):
     price_micros: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
-    payment_method_id: Mapped[str] = mapped_column(ForeignKey("payment_methods.id"))
+    payment_method_id: Mapped[str | None] = mapped_column(ForeignKey("payment_methods.id"))
+    billing: Mapped[str] = mapped_column(String(10), server_default="charge")
+    invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"))
     status: Mapped[str] = mapped_column(String(10))
     failure_code: Mapped[str | None] = mapped_column(String(60))
     failure_message: Mapped[str | None] = mapped_column(String(500))
