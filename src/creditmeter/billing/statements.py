@@ -170,16 +170,15 @@ _SUMS = f"sum({_DIGITS} / {_SPLIT}), sum({_DIGITS} % {_SPLIT}), count(*)"
 #: SQLite: the values grouped by their scale and their *shape* (``sig``: what is left once a
 #: leading ``-`` and the digits at both ends are trimmed), with what decides, per group, whether
 #: every value in it is a plain decimal (``-?digits[.digits]``, at least one digit, at most 18
-#: characters): ``sig`` is ``''`` or ``'.'``, no more than one leading ``-``, something besides
-#: ``-`` and ``.``, and the longest value. A group that passes is summed exactly as scaled
+#: characters): ``sig`` is ``''`` or ``'.'``, no value starts with ``--``, every value has a
+#: digit, and the longest value. A group that passes is summed exactly as scaled
 #: integers; a group that does not sends its organizations to ``_BY_VALUE``. (A few string
 #: functions per value instead of a full pattern match: the close's statement step is mostly
 #: this scan.)
 _BY_SHAPE = _statement(
     "SELECT o, op, p, name, kind, trim(ltrim(v, '-'), '0123456789') AS sig, "  # noqa: S608 - constants only; every value is a bound parameter
     "CASE WHEN instr(v, '.') > 0 THEN length(v) - instr(v, '.') ELSE 0 END AS scale, "
-    f"{_SUMS}, max(length(v)), max(length(v) - length(ltrim(v, '-'))), "
-    f"min(length(trim(v, '-.'))) FROM ({_QUANTITY_ROWS['sqlite']}) AS x "
+    f"{_SUMS}, max(length(v)), max(v GLOB '--*'), min(v GLOB '*[0-9]*') FROM ({_QUANTITY_ROWS['sqlite']}) AS x "
     "GROUP BY 1, 2, 3, 4, 5, 6, 7"
 )
 #: Every distinct value, counted (SQLite, for organizations with a value that is not plain).
@@ -217,8 +216,8 @@ def _quantity_sums(session: Session, dialect: str, params: dict[str, Any]) -> It
     found: list[Quantity] = []
     odd: set[str] = set()
     for row in session.execute(_BY_SHAPE, params):
-        org, op, project_id, name, _, sig, scale, high, low, _, longest, minus, rest = row
-        if sig not in ("", ".") or longest > 18 or minus > 1 or rest < 1:
+        org, op, project_id, name, _, sig, scale, high, low, _, longest, minus, digit = row
+        if sig not in ("", ".") or longest > 18 or minus or not digit:
             if _maybe_number(sig):
                 odd.add(org)
         elif org not in odd:
