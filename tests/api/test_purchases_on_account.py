@@ -21,7 +21,7 @@ from creditmeter.kit import clock
 from creditmeter.kit.credits import MICROS_PER_CREDIT
 from creditmeter.kit.db import Database
 from creditmeter.ledger import service as ledger
-from creditmeter.ledger.models import Lot
+from creditmeter.ledger.models import JournalTransaction, Lot, Posting
 from creditmeter.ledger.verify import verify
 from creditmeter.metering.verify import CHECKS as METERING_CHECKS
 from tests.api.test_bad_input import assert_problem, everything
@@ -115,6 +115,11 @@ def purchase_lots(db: Database, org: str) -> list[tuple[Any, ...]]:
 def count(db: Database, model: Any) -> int:
     with db.read() as s:
         return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def available(db: Database, org: str, at: datetime) -> int:
+    with db.read() as s:
+        return ledger.get_balance(s, org, "live", at).available_micros
 
 
 def enterprise_fee(credits: int = 20_000) -> tuple[Any, ...]:
@@ -328,6 +333,43 @@ def test_bad_input_is_a_422_and_changes_nothing(
     fields = {e.get("field") or ".".join(map(str, e.get("loc", []))) for e in problem["errors"]}
     assert any((field or "payment_method") in f for f in fields), problem
     assert everything(db) == before
+
+
+def test_an_operator_reversal_of_the_grant_before_invoicing_is_the_correction(
+    client: TestClient, db: Database, big: str, admin: Headers, operator: Headers
+) -> None:
+    """A package bought on account by mistake: the operator reverses its grant before the month is
+    invoiced; the credits go, and the invoice shows the package at nothing owed."""
+    bought = buy(client, big, admin, "oops").json()
+    with db.read() as s:
+        grant_id = s.scalar(
+            select(JournalTransaction.id)
+            .join(Posting, Posting.transaction_id == JournalTransaction.id)
+            .where(JournalTransaction.kind == "grant", Posting.lot_id == bought["lot_id"])
+        )
+    with clock.frozen_at(utc(2026, 1, 14, 8)):
+        reversed_ = client.post(
+            url(big, f"ledger/txn_{grant_id}/reverse"),
+            json={"reason": "bought by mistake"},
+            headers=operator,
+        )
+    assert reversed_.status_code == 201, reversed_.text
+    assert available(db, big, utc(2026, 1, 14, 9)) == 20_000 * C
+    close(db, utc(2026, 2, 1), big)
+    close(db, utc(2026, 3, 1), big)
+    january, february = invoice_lines(db, big)
+    assert january == [
+        enterprise_fee(),
+        (
+            2,
+            "package",
+            f"{PROFESSIONAL_PACKAGE}; credits taken back on 14 January 2026, not billed",
+            0,
+            0,
+        ),
+        ("total", 150000),
+    ]
+    assert [line[1] for line in february] == ["plan_fee", 150000]
 
 
 def test_the_refund_endpoint_cannot_be_pointed_at_a_purchase_on_account(

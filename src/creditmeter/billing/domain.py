@@ -548,12 +548,17 @@ def describe_package(
     """The text of an invoice line for a purchase on account: ``"Professional package (5,000
     credits), bought 12 January 2026"`` (the day in the billing time zone); a custom amount is a
     ``"Custom package"``."""
-    day = bought_at.astimezone(zone)
     credits = group_digits(format_credits(credits_micros))
     return (
         f"{package_name or 'Custom package'} ({credits} credits), bought "
-        f"{day.day} {_MONTH_NAMES[day.month - 1]} {day.year}"
+        f"{describe_day(bought_at, zone)}"
     )
+
+
+def describe_day(instant: datetime, zone: tzinfo) -> str:
+    """``"12 January 2026"``: the day of ``instant`` in the billing time zone."""
+    day = instant.astimezone(zone)
+    return f"{day.day} {_MONTH_NAMES[day.month - 1]} {day.year}"
 
 
 # ---- refunds ------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from creditmeter.billing import domain, statements
 from creditmeter.billing.domain import Catalog, Period, Share
@@ -48,6 +48,7 @@ from creditmeter.kit.credits import format_credits
 from creditmeter.kit.db import Database
 from creditmeter.kit.ids import new_id
 from creditmeter.kit.pagination import decode_cursor
+from creditmeter.ledger.models import JournalTransaction, Posting
 from creditmeter.orgs import service as orgs
 from creditmeter.orgs.models import Organization
 
@@ -262,16 +263,32 @@ _MARK_PURCHASES_BILLED = (
 )
 
 
+def _grant_reversed_at() -> Any:
+    """When the operator reversed the grant of a purchase's lot (a correction before invoicing), or
+    null: a correlated subquery of the purchase row."""
+    grant, reversal = aliased(JournalTransaction), aliased(JournalTransaction)
+    return (
+        select(reversal.created_at)
+        .join(grant, reversal.reverses_id == grant.id)
+        .join(Posting, Posting.transaction_id == grant.id)
+        .where(grant.kind == "grant", Posting.lot_id == _PURCHASES.c.lot_id)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
 def _unbilled_purchases(
     session: Session, organization_ids: list[str], of: Period
 ) -> dict[tuple[str, str], list[Any]]:
     """The purchases on account made before the end of ``of`` that no invoice billed yet, per
-    organization and environment, oldest first (one query per 500 organizations)."""
+    organization and environment, oldest first, each with when its grant was reversed (if it
+    was): one query per 500 organizations."""
     found: dict[tuple[str, str], list[Any]] = defaultdict(list)
     p = _PURCHASES.c
+    reversed_at = _grant_reversed_at().label("reversed_at")
     for start in range(0, len(organization_ids), 500):
         rows = session.execute(
-            select(_PURCHASES)
+            select(_PURCHASES, reversed_at)
             .where(
                 p.organization_id.in_(organization_ids[start : start + 500]),
                 p.billing == "on_account",
@@ -287,21 +304,29 @@ def _unbilled_purchases(
 
 
 def _package_lines(catalog: Catalog, rows: list[Any]) -> list[dict[str, Any]]:
-    """One ``package`` line per purchase on account: quantity 1 at the purchase's amount."""
+    """One ``package`` line per purchase on account: quantity 1 at the purchase's amount, or 0 (and
+    nothing owed) when the operator reversed its grant before this invoice."""
     lines = []
     for row in rows:
         package = catalog.packages.get(row.package) if row.package else None
         name = package.name if package else (f"{row.package} package" if row.package else None)
+        description = domain.describe_package(
+            name, row.credits_micros, row.created_at, catalog.zone
+        )
+        billed = row.reversed_at is None
+        if not billed:
+            description += (
+                f"; credits taken back on {domain.describe_day(row.reversed_at, catalog.zone)}, "
+                "not billed"
+            )
         lines.append(
             {
                 "kind": "package",
-                "description": domain.describe_package(
-                    name, row.credits_micros, row.created_at, catalog.zone
-                ),
-                "quantity": "1",
+                "description": description,
+                "quantity": "1" if billed else "0",
                 "unit_price": domain.format_money(row.amount_minor, row.currency),
-                "amount_minor": row.amount_minor,
-                "credits_micros": row.credits_micros,
+                "amount_minor": row.amount_minor if billed else 0,
+                "credits_micros": row.credits_micros if billed else 0,
                 "service_start": row.created_at,  # the credits bought, valid until they expire
                 "service_end": row.expires_at,
                 "plan_allocation_id": None,
