@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from creditmeter.billing import cycle
+from creditmeter.billing import cycle, purchases
 from creditmeter.billing.cycle import Due
 from creditmeter.billing.models import Invoice, InvoiceLine
 from creditmeter.billing.payments.models import Payment, Purchase
@@ -27,6 +27,7 @@ from creditmeter.metering.verify import CHECKS as METERING_CHECKS
 from tests.api.test_bad_input import assert_problem, everything
 from tests.api.test_payments import add_card, sandbox_charges
 from tests.conftest import utc
+from tests.integration.test_concurrency import in_parallel
 
 C = MICROS_PER_CREDIT
 Headers = dict[str, str]
@@ -274,6 +275,31 @@ def test_a_retry_with_the_same_key_is_the_same_purchase_and_never_two_lots(
         "idempotency_key_reused",
     )
     assert everything(db) == before
+
+
+class NoProcessor:
+    """A payment provider that must not be called: a purchase on account charges nothing."""
+
+    name = "sandbox"
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the processor was called ({name}) for a purchase on account")
+
+
+def test_four_twins_with_the_same_key_at_once_make_one_purchase_and_one_lot(
+    db: Database, big: str
+) -> None:
+    request = purchases.PurchaseRequest("professional", billing=purchases.ON_ACCOUNT)
+
+    def twin() -> str:
+        processor: Any = NoProcessor()
+        row = purchases.purchase(db, processor, CATALOG, big, "live", request, "k", now=JAN_12)
+        return row.id
+
+    ids = in_parallel([twin] * 4)
+    assert len(set(ids)) == 1
+    assert len(purchase_lots(db, big)) == 1
+    assert count(db, Purchase) == 1
 
 
 def test_a_standard_organization_may_not_buy_on_account(

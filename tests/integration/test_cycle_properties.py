@@ -1,7 +1,8 @@
 """Random subscription histories across several months (subscribe, upgrade, downgrade, cancel,
-usage), with closes run on time or caught up later: whatever happens, the plan credits allocated are
-the plan allocations, each allocation's fee is billed once, every invoice is the sum of its lines,
-numbers only grow, expired plan lots are empty, and the ledger verifies."""
+usage, packages bought on account), with closes run on time or caught up later: whatever happens,
+the plan credits allocated are the plan allocations, each allocation's fee is billed once, each
+purchase on account is billed once on the invoice of its month, every invoice is the sum of its
+lines, numbers only grow, expired plan lots are empty, and the ledger verifies."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from creditmeter.billing import cycle
+from creditmeter.billing import cycle, purchases
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.models import (
     CycleClose,
@@ -21,6 +22,7 @@ from creditmeter.billing.models import (
     PlanAllocation,
     Subscription,
 )
+from creditmeter.billing.payments.models import Purchase
 from creditmeter.billing.plans import load_catalog
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit.credits import MICROS_PER_CREDIT
@@ -38,6 +40,7 @@ action = st.one_of(
     st.tuples(st.just("subscribe"), st.sampled_from(["standard", "professional", "enterprise"])),
     st.tuples(st.just("cancel"), st.none()),
     st.tuples(st.just("use"), st.integers(min_value=1, max_value=3000)),
+    st.tuples(st.just("buy"), st.sampled_from(["standard", "professional"])),
 )
 month_plan = st.lists(
     st.tuples(st.integers(min_value=1, max_value=28), action), min_size=0, max_size=4
@@ -58,10 +61,20 @@ def apply(db: Database, org: str, day: Any, what: tuple[str, Any]) -> None:
                 subs.subscribe(session, CATALOG, org, "live", request, day)
             elif kind == "cancel":
                 subs.cancel(session, CATALOG, org, "live", day)
+            elif kind == "buy":
+                request = purchases.PurchaseRequest(arg, billing=purchases.ON_ACCOUNT)
+                key = f"buy-{day.isoformat()}-{arg}"
+                purchases.begin(session, CATALOG, org, "live", request, key, day)
             else:
                 ledger.debit(session, org, "live", arg * C, "inference", "usage", day)
     except CreditmeterError as exc:  # no subscription yet, or the close has not run yet
-        if exc.code not in {"subscription_not_found", "cycle_close_pending"}:
+        expected = {
+            "subscription_not_found",
+            "cycle_close_pending",
+            "subscription_required",
+            "on_account_not_allowed",
+        }
+        if exc.code not in expected:
             raise
 
 
@@ -95,7 +108,13 @@ def check(db: Database, org: str) -> None:
                 select(Invoice).where(Invoice.organization_id == org).order_by(Invoice.period_start)
             )
         )
-        fees = 0
+        bought = list(session.scalars(select(Purchase).where(Purchase.organization_id == org)))
+        of_invoice = {i.id: i for i in invoices}
+        for p in bought:  # billed once, on the invoice of the month it was bought in
+            invoice = of_invoice[p.invoice_id] if p.invoice_id else None
+            assert invoice is not None, p.created_at
+            assert invoice.period_start <= p.created_at < invoice.period_end
+        fees = packages = 0
         for invoice in invoices:
             lines = session.execute(
                 select(InvoiceLine.kind, InvoiceLine.amount_minor).where(
@@ -104,7 +123,9 @@ def check(db: Database, org: str) -> None:
             ).all()
             assert invoice.total_minor == invoice.subtotal_minor == sum(a for _, a in lines)
             fees += sum(a for kind, a in lines if kind in {"plan_fee", "proration"})
+            packages += sum(a for kind, a in lines if kind == "package")
         assert fees == sum(a.fee_minor for a in allocations if a.invoice_id)
+        assert packages == sum(p.amount_minor for p in bought)
         numbers = [i.number for i in invoices]
         assert numbers == sorted(numbers)
         assert len({(i.period_start) for i in invoices}) == len(invoices)

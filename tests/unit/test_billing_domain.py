@@ -199,6 +199,12 @@ def test_enterprise_terms_come_from_the_subscription() -> None:
     assert Terms.from_json(default.to_json()) == default
 
 
+def test_terms_snapshotted_before_packages_on_account_existed_do_not_allow_it() -> None:
+    terms = d.terms_for(ENTERPRISE, 20_000 * C).to_json()
+    del terms["packages_on_account"]
+    assert not Terms.from_json(terms).packages_on_account
+
+
 def test_more_credits_for_a_higher_fee_is_an_upgrade_and_the_reverse_waits() -> None:
     standard, professional = d.terms_for(STANDARD), d.terms_for(PROFESSIONAL)
     assert d.classify_change(standard, professional) == Change.UPGRADE

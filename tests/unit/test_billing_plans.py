@@ -56,6 +56,8 @@ def test_the_default_plans_follow_the_product_document() -> None:
     assert enterprise.custom_terms
     assert enterprise.allocation_micros is None
     assert enterprise.overage_in_arrears
+    # Enterprise package: bought on account, billed on the month's invoice.
+    assert [p.id for p in catalog.plans.values() if p.packages_on_account] == ["enterprise"]
     for plan in catalog.plans.values():
         assert plan.currency == "USD"
         assert plan.monthly_fee_minor > 0
@@ -77,7 +79,20 @@ def test_a_minimal_file_takes_the_documented_defaults() -> None:
     assert basic.credit_price_micros == 100_000
     assert not basic.custom_terms
     assert not basic.overage_in_arrears
+    assert not basic.packages_on_account
     assert catalog.packages == {}
+
+
+@pytest.mark.parametrize("value", ['"yes"', "1", '"true"'])
+def test_packages_on_account_is_a_toml_boolean(value: str) -> None:
+    bad = MINIMAL.replace(
+        'credit_price = "0.1"', f'credit_price = "0.1"\npackages_on_account = {value}'
+    )
+    with pytest.raises(PlansError) as caught:
+        parse_catalog(bad, "bad.toml")
+    assert {e["field"] for e in caught.value.errors} == {"plans.basic.packages_on_account"}
+    on = MINIMAL.replace('credit_price = "0.1"', 'credit_price = "0.1"\npackages_on_account = true')
+    assert parse_catalog(on, "on.toml").plans["basic"].packages_on_account
 
 
 def test_the_file_named_by_the_environment_is_used(

@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -119,7 +120,7 @@ class PlanConfig(_Strict):
     credit_price: Credits
     purchase_expiry_months: Months = 12
     overage_in_arrears: bool = False
-    packages_on_account: bool = False
+    packages_on_account: StrictBool = False  # a TOML true/false, never "yes" or 1
 
     @field_validator("credit_price")
     @classmethod
