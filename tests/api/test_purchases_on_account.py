@@ -4,10 +4,12 @@ that does not allow it; idempotent; bad input a 422 that changes nothing."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import pypdf
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -172,6 +174,11 @@ def test_an_enterprise_organization_buys_a_package_on_account_and_january_bills_
     assert [line["kind"] for line in invoice["lines"]] == ["plan_fee", "package"]
     package_line = invoice["lines"][1]
     assert (package_line["quantity"], package_line["unit_price"]) == ("1", "200.00")
+    pdf = client.get(invoice["pdf_url"], headers=admin)
+    assert pdf.status_code == 200, pdf.text
+    text = " ".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf.content)).pages)
+    assert "Professional package (5,000 credits), bought 12 January 2026" in text
+    assert "Total USD 1,700.00" in text
 
     # A second close never bills it again.
     close(db, utc(2026, 3, 1), big)
