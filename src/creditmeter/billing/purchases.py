@@ -179,7 +179,29 @@ def begin(
     terms = terms_of(session, organization_id, environment)
     offer = quote(catalog, terms, request)
     method = _method_for(session, organization_id, environment, request.payment_method_id)
-    row = Purchase(
+    row = _record(
+        catalog, terms, offer, organization_id, environment, request, idempotency_key, now, purpose
+    )
+    row.payment_method_id, row.billing, row.status = method.id, CHARGE, PENDING
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _record(
+    catalog: Catalog,
+    terms: Terms,
+    offer: Quote,
+    organization_id: str,
+    environment: str,
+    request: PurchaseRequest,
+    idempotency_key: str,
+    now: datetime,
+    purpose: str,
+) -> Purchase:
+    """The purchase row of ``offer`` under ``idempotency_key`` (its billing and status set by the
+    caller), its credits expiring as the terms say."""
+    return Purchase(
         id=new_id("pur"),
         organization_id=organization_id,
         environment=environment,
@@ -189,17 +211,11 @@ def begin(
         price_micros=offer.price_micros,
         amount_minor=offer.amount_minor,
         currency=offer.currency,
-        payment_method_id=method.id,
-        billing=CHARGE,
-        status=PENDING,
         expires_at=domain.purchase_expiry(now, terms.purchase_expiry_months, catalog.zone),
         idempotency_key=idempotency_key,
-        request_hash=fingerprint,
+        request_hash=request.fingerprint(environment),
         created_at=now,
     )
-    session.add(row)
-    session.flush()
-    return row
 
 
 def _on_account(
@@ -222,24 +238,14 @@ def _on_account(
         )
     terms = _on_account_terms(session, organization_id, environment)
     offer = quote(catalog, terms, request)
-    row = Purchase(
-        id=new_id("pur"),
-        organization_id=organization_id,
-        environment=environment,
-        purpose=purpose,
-        package=offer.package,
-        credits_micros=offer.credits_micros,
-        price_micros=offer.price_micros,
-        amount_minor=offer.amount_minor,
-        currency=offer.currency,
-        payment_method_id=None,
-        billing=ON_ACCOUNT,
-        status=SUCCEEDED,
-        expires_at=domain.purchase_expiry(now, terms.purchase_expiry_months, catalog.zone),
-        idempotency_key=idempotency_key,
-        request_hash=request.fingerprint(environment),
-        created_at=now,
-        completed_at=now,
+    row = _record(
+        catalog, terms, offer, organization_id, environment, request, idempotency_key, now, purpose
+    )
+    row.payment_method_id, row.billing, row.status, row.completed_at = (
+        None,
+        ON_ACCOUNT,
+        SUCCEEDED,
+        now,
     )
     session.add(row)
     session.flush()  # the key's unique constraint before the grant
