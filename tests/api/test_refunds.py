@@ -24,6 +24,7 @@ from creditmeter.kit.credits import MICROS_PER_CREDIT as C
 from creditmeter.kit.db import Database
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.models import JournalTransaction, Lot
+from creditmeter.worker import runner
 from tests.api.test_bad_input import assert_problem, everything
 from tests.conftest import utc
 from tests.metering import Headers, assert_clean
@@ -303,6 +304,32 @@ def test_a_refund_interrupted_after_the_processor_refunded_is_finished_by_a_retr
     assert sandbox_refunds(db) == 1
     assert lot_left(db, bought["lot_id"]) == 0
     assert len(history(client, org, admin)) == 2
+    assert_clean(db)
+
+
+def test_the_worker_finishes_a_refund_whose_answer_was_lost_once(
+    app: Any, client: TestClient, db: Database, operator: Headers, customer: Callable[..., Any]
+) -> None:
+    org, admin = customer()
+    bought = buy(client, org, admin)
+    app.state.payment_provider = LoseRefundAnswer(SandboxProvider(db))
+    lost = refund(client, operator, bought["payment_id"], key="flaky")
+    assert lost.status_code == 502
+    assert sandbox_refunds(db) == 1  # the processor refunded; creditmeter never heard
+
+    provider = SandboxProvider(db)
+    with clock.frozen_at(JAN_16 + runner.PENDING_REFUND_AGE / 2):  # too young: maybe in flight
+        runner.run_payment_jobs(db, provider, None, clock.now())
+    assert lot_left(db, bought["lot_id"]) == 1000 * C
+    with clock.frozen_at(JAN_16 + runner.PENDING_REFUND_AGE):
+        runner.run_payment_jobs(db, provider, None, clock.now())
+        runner.run_payment_jobs(db, provider, None, clock.now())  # twice is once
+    assert sandbox_refunds(db) == 1
+    assert lot_left(db, bought["lot_id"]) == 0
+    assert [(p["kind"], p["status"]) for p in history(client, org, admin)] == [
+        ("refund", "succeeded"),
+        ("charge", "succeeded"),
+    ]
     assert_clean(db)
 
 

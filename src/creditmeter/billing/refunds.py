@@ -25,13 +25,14 @@ counter-account is ``issuance:purchase``: credits bought and paid back are un-is
 credits were spent between (1) and (3), the rest comes from the organization's other lots in burn
 order, then arrears. A crash or a lost answer between the steps leaves the refund ``pending``: the
 same request with the same key repeats step 2 with the same processor key (the processor returns its
-first refund) and records it once.
+first refund) and records it once; the worker does the same for a refund pending longer than five
+minutes (``resume_pending``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -347,6 +348,28 @@ def settle(db: Database, provider: PaymentProvider, refund_id: str) -> Refund:
         result = RefundResult("failed", amount, currency, None, exc.code, exc.detail)
     with db.write() as session:
         return complete(session, refund_id, result, provider.name, clock.now())
+
+
+def resume_pending(db: Database, provider: PaymentProvider, older_than: timedelta) -> list[Refund]:
+    """Finish refunds left pending longer than ``older_than`` (the processor was unreachable, or
+    the process died between the refund and its record): the worker's recovery step. Each is sent
+    again with its own key (``refund:<id>``), so the processor refunds once. A refund recorded by a
+    provider other than this one waits for that provider."""
+    cutoff = clock.now() - older_than
+    with db.read() as session:
+        ids = list(
+            session.scalars(
+                select(Refund.id)
+                .join(Payment, Payment.id == Refund.payment_id)
+                .where(
+                    Refund.status == PENDING,
+                    Refund.created_at <= cutoff,
+                    Payment.provider == provider.name,
+                )
+                .order_by(Refund.id)
+            )
+        )
+    return [settle(db, provider, refund_id) for refund_id in ids]
 
 
 def failed(row: Refund) -> PaymentError:

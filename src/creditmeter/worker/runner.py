@@ -7,8 +7,8 @@ boundary, and after downtime boundary by boundary, in order. Each close is one t
 step and organization, so a failing organization is logged and retried at the next tick while the
 others close; a close charges its invoice through the worker's payment provider. Then the payment
 jobs, each guarded so that one failing never stops the others: the dunning retries of open
-invoices (``billing.dunning``) and purchases left pending by a crash
-(``billing.purchases.resume_pending``). Then holds and lots that lapsed. Organizations attached to a
+invoices (``billing.dunning``), refunds and purchases left pending by a lost answer or a crash
+(``billing.refunds.resume_pending``, ``billing.purchases.resume_pending``). Then holds and lots that lapsed. Organizations attached to a
 test clock are left to their clock (``billing.test_clocks``).
 
 Last, the outbox (``kit.outbox``): the jobs written by the changes that caused them, at most
@@ -33,7 +33,7 @@ import socket
 import threading
 from datetime import datetime, timedelta
 
-from creditmeter.billing import auto_top_up, cycle, dunning, purchases, test_clocks
+from creditmeter.billing import auto_top_up, cycle, dunning, purchases, refunds, test_clocks
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.payments import PaymentProvider, build_provider
 from creditmeter.billing.payments.models import Purchase
@@ -50,6 +50,9 @@ log = logging.getLogger("creditmeter.worker")
 #: A purchase still pending after this long was interrupted (a crash between charge and grant): the
 #: worker finishes it, with its own key, so never charging twice.
 PENDING_PURCHASE_AGE = timedelta(minutes=5)
+#: A refund still pending after this long lost the processor's answer: the worker sends it again
+#: with its own key, so the processor refunds once.
+PENDING_REFUND_AGE = timedelta(minutes=5)
 #: The most outbox jobs one tick runs; the rest wait for the next tick.
 JOBS_PER_TICK = 200
 SWEEP = "low_balance_sweep"
@@ -150,8 +153,8 @@ def _sweep(db: Database) -> int:
 def run_payment_jobs(
     db: Database, provider: PaymentProvider, catalog: Catalog | None, now: datetime
 ) -> None:
-    """Dunning retries and pending purchases; a failing job is logged and the next one runs (each
-    retries at the next tick). Auto top-ups run as outbox jobs (:func:`run_jobs`)."""
+    """Dunning retries, pending refunds and pending purchases; a failing job is logged and the next
+    one runs (each retries at the next tick). Auto top-ups run as outbox jobs (:func:`run_jobs`)."""
     try:
         for attempt in dunning.run_due(db, provider, now):
             payment = attempt.payment
@@ -165,6 +168,11 @@ def run_payment_jobs(
             )
     except Exception:
         log.exception("dunning could not run; retrying at the next tick")
+    try:
+        for finished in refunds.resume_pending(db, provider, PENDING_REFUND_AGE):
+            log.info("finished pending refund %s: %s", finished.id, finished.status)
+    except Exception:
+        log.exception("pending refunds could not be finished; retrying at the next tick")
     if catalog is None:
         return  # the plans file is broken (logged above): nothing can be priced
     try:
