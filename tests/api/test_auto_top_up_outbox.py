@@ -551,3 +551,25 @@ def _assert_nothing_forgotten(client: TestClient, db: Database, org: str, admin:
     if parse_credits(available(client, org, admin)) >= parse_credits("100"):
         return
     assert PENDING in [state for state, _ in low_jobs(db, org)]
+
+
+def test_refunding_an_auto_top_up_turns_it_off_instead_of_buying_again(
+    client: TestClient, db: Database, org: str, admin: Headers, ingest: Headers, operator: Headers
+) -> None:
+    enable(client, org, admin)
+    spend_to_below_threshold(client, org, admin, ingest, "burst")
+    [bought] = run(db)
+    refunded = client.post(
+        f"/v1/payments/{bought.payment_id}/refunds",
+        json={"reason": "the customer did not want it"},
+        headers={**operator, "Idempotency-Key": "refund-top-up"},
+    )
+    assert refunded.status_code == 201, refunded.text
+    setting = client.get(url(org, "auto-top-up"), headers=admin).json()
+    assert setting["enabled"] is False
+    assert f"auto top-up purchase {bought.id} was refunded" in setting["disabled_reason"]
+    assert parse_credits(available(client, org, admin)) < parse_credits("100")
+    assert run(db) == []  # below the threshold again, but off: nothing bought
+    assert sandbox_charges(db) == 1
+    with db.read() as s:
+        assert verify(s) == []

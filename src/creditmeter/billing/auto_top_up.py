@@ -276,9 +276,16 @@ def _disable(
 ) -> None:
     with db.write() as session:
         balance = ledger.lock_balance(session, organization_id, environment)
-        row = _find(session, organization_id, environment)
-        if row is not None:
-            row.enabled = False
-            row.disabled_reason = reason[:500]
-            row.updated_at = now
-            watch.set_mark(session, balance, None, now)
+        disable(session, balance, reason, now)
+
+
+def disable(session: Session, balance: ledger.LockedBalance, reason: str, now: datetime) -> None:
+    """Turn the organization's auto top-up off with ``reason`` (shown as ``disabled_reason``; a
+    ``PUT`` with ``enabled: true`` turns it on again), in the caller's transaction, under the
+    balance lock the caller holds. Nothing to do when it has none or it is off."""
+    row = _find(session, balance.organization_id, balance.environment)
+    if row is not None and row.enabled:
+        row.enabled = False
+        row.disabled_reason = reason[:500]
+        row.updated_at = now
+        watch.set_mark(session, balance, None, now)

@@ -39,7 +39,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import domain
+from creditmeter.billing import auto_top_up, domain
 from creditmeter.billing.payments import history
 from creditmeter.billing.payments.models import Payment, Purchase, Refund
 from creditmeter.billing.payments.provider import PaymentError, PaymentProvider, RefundResult
@@ -267,6 +267,14 @@ def complete(
         charge.refunded_minor += row.amount_minor
         if row.credits_micros:
             row.transaction_id = _take_credits(session, balance, row, charge, now)
+        if charge.purpose == auto_top_up.PURPOSE:  # else the next write would buy it again
+            auto_top_up.disable(
+                session,
+                balance,
+                f"auto top-up purchase {charge.reference_id} was refunded ({row.reason}); "
+                "turn it on again with PUT …/auto-top-up",
+                now,
+            )
     else:
         row.status = FAILED
         row.failure_code = result.failure_code or "refund_failed"
