@@ -294,3 +294,38 @@ def test_the_migration_matches_the_credit_note_and_test_clock_models(db: Databas
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert [d for d in diff if any(name in repr(d) for name in mine)] == []
+
+
+def test_a_voided_invoice_gives_its_credit_note_deduction_to_the_next_one(
+    client: TestClient, db: Database, operator: Headers, make_org: Callable[..., str]
+) -> None:
+    org = make_org("Void Co")
+    subscribe(db, org, "enterprise", utc(2026, 1, 1), allocation_micros=1000 * C)
+    use(db, org, "jan-big", 1250, utc(2026, 1, 20))  # 250 credits of overage: USD 10.00
+    close(db, utc(2026, 2, 1))
+    with clock.frozen_at(utc(2026, 2, 3)):
+        reversed_ = client.post(
+            f"/v1/organizations/{org}/usage/jan-big/reverse",
+            json={"reason": "runaway job"},
+            headers=operator,
+        )
+        assert reversed_.status_code == 200, reversed_.text
+    close(db, utc(2026, 3, 1))  # February's invoice deducts the USD 10.00
+
+    def invoice_of(start: datetime) -> Invoice:
+        with db.read() as session:
+            return session.scalars(
+                select(Invoice).where(Invoice.organization_id == org, Invoice.period_start == start)
+            ).one()
+
+    february = invoice_of(utc(2026, 2, 1))
+    assert february.total_minor == 149000
+    with clock.frozen_at(utc(2026, 3, 2)):
+        voided = client.post(
+            f"/v1/invoices/{february.id}/void", json={"reason": "contract ended"}, headers=operator
+        )
+    assert voided.status_code == 200, voided.text
+    close(db, utc(2026, 4, 1))  # the note's money was not used: March's invoice deducts it
+    assert invoice_of(utc(2026, 3, 1)).total_minor == 149000
+    assert invoice_of(utc(2026, 2, 1)).status == "void"
+    assert_clean(db)

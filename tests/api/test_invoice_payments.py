@@ -274,3 +274,71 @@ def test_an_operator_pays_with_another_card_and_an_organization_without_one_gets
     assert paid.json()["status"] == "paid"
     assert attempts(db, org) == [("failed", "no_payment_method", "1"), ("succeeded", None, "2")]
     assert_clean(db)
+
+
+def test_voiding_a_past_due_invoice_stops_collection_and_ends_the_suspension(
+    client: TestClient,
+    db: Database,
+    customer: Callable[..., tuple[str, Headers]],
+    operator: Headers,
+) -> None:
+    org, admin = customer(CHARGE_FAILS)
+    with clock.frozen_at(FEB_1):
+        runner.tick(db)
+    with clock.frozen_at(utc(2026, 2, 20)):
+        runner.tick(db)
+    invoice = invoice_of(db, org)
+    assert invoice.status == "past_due"
+    void = f"/v1/invoices/{invoice.id}/void"
+    with clock.frozen_at(utc(2026, 2, 21)):
+        voided = client.post(void, json={"reason": "goodwill: outage"}, headers=operator)
+    assert voided.status_code == 200, voided.text
+    body = voided.json()
+    assert (body["status"], body["voided_at"], body["void_reason"]) == (
+        "void",
+        "2026-02-21T00:00:00Z",
+        "goodwill: outage",
+    )
+    assert body["amount_due"]["amount_minor"] == 0
+    assert client.get(f"/v1/organizations/{org}", headers=admin).json()["status"] == "active"
+    charged = len(attempts(db, org))
+    with clock.frozen_at(utc(2026, 2, 28)):  # no more retries, no payment by hand
+        runner.tick(db)
+        assert_problem(
+            client.post(f"/v1/invoices/{invoice.id}/pay", headers=admin), 409, "invoice_void"
+        )
+    assert len(attempts(db, org)) == charged
+    pdf = client.get(body["pdf_url"], headers=admin)
+    assert pdf.status_code == 200
+    assert_clean(db)
+
+
+def test_void_is_for_operators_and_unpaid_invoices_and_bad_requests_change_nothing(
+    client: TestClient,
+    db: Database,
+    customer: Callable[..., tuple[str, Headers]],
+    operator: Headers,
+) -> None:
+    org, admin = customer(CHARGE_FAILS)
+    paid_org, _ = customer(VISA)
+    with clock.frozen_at(FEB_1):
+        runner.tick(db)
+    invoice, paid = invoice_of(db, org), invoice_of(db, paid_org)
+    void = f"/v1/invoices/{invoice.id}/void"
+    before = everything(db)
+    cases = [
+        (client.post(void, json={"reason": "x"}, headers=admin), 403, "operator_only"),
+        (client.post(void, json={}, headers=operator), 422, "validation_failed"),
+        (client.post(void, json={"reason": ""}, headers=operator), 422, "validation_failed"),
+        (client.post("/v1/invoices/inv_nope/void", json={"reason": "x"}, headers=operator), 404,
+         "invoice_not_found"),
+        (client.post(f"/v1/invoices/{paid.id}/void", json={"reason": "x"}, headers=operator), 409,
+         "invoice_paid"),
+    ]  # fmt: skip
+    for response, status, code in cases:
+        assert_problem(response, status, code)
+    assert everything(db) == before
+    assert client.post(void, json={"reason": "written off"}, headers=operator).status_code == 200
+    again = client.post(void, json={"reason": "twice"}, headers=operator)
+    assert_problem(again, 409, "invoice_void")
+    assert invoice_of(db, org).void_reason == "written off"

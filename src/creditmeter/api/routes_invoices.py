@@ -23,6 +23,7 @@ from creditmeter.api.deps import (
     authorize_org,
     environment_for,
     json_body,
+    require_operator,
 )
 from creditmeter.api.routes_billing import Env, Plans
 from creditmeter.api.routes_credit_notes import credit_note_json
@@ -32,6 +33,7 @@ from creditmeter.api.schemas_invoices import (
     InvoicePage,
     InvoicePayIn,
     InvoiceSummaryOut,
+    InvoiceVoidIn,
 )
 from creditmeter.billing import domain, dunning, invoices, pdf, refunds, statements
 from creditmeter.billing.domain import Catalog
@@ -70,6 +72,7 @@ def summary_json(inv: Invoice, catalog: Catalog) -> dict[str, Any]:
         "due_at": inv.due_at,
         "paid_at": inv.paid_at,
         "voided_at": inv.voided_at,
+        "void_reason": inv.void_reason,
         "pdf_url": f"/v1/invoices/{inv.id}/pdf",
     }
 
@@ -196,6 +199,28 @@ def pay_invoice(
         _readable(caller, invoices.get(session, invoice_id), ADMIN_SCOPES)
     method = body.payment_method if body else None
     dunning.pay(db, provider, invoice_id, method, clock.now())
+    with db.read() as session:
+        return invoice_json(invoices.get(session, invoice_id), catalog, session)
+
+
+@router.post(
+    "/v1/invoices/{invoice_id}/void",
+    response_model=InvoiceOut,
+    responses={
+        409: {
+            "description": "The invoice is paid (invoice_paid: refund it) or void (invoice_void)."
+        }
+    },
+)
+def void_invoice(
+    invoice_id: str, body: InvoiceVoidIn, caller: Caller, db: DB, catalog: Plans
+) -> Any:
+    """Void an open or past-due invoice (operator keys only): it is no longer collected, the
+    credits it billed stay, the money of credit notes deducted on it goes to the next invoice, and
+    a suspension that only this invoice caused ends. A paid invoice is refunded, not voided."""
+    require_operator(caller)
+    with db.write() as session:
+        dunning.void(session, invoice_id, body.reason, clock.now())
     with db.read() as session:
         return invoice_json(invoices.get(session, invoice_id), catalog, session)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from creditmeter.api.schemas import Request
+from creditmeter.api.schemas import Reason, Request
 from creditmeter.api.schemas_billing import Money
 from creditmeter.api.schemas_corrections import CreditNoteOut
 
@@ -80,6 +80,7 @@ class InvoiceSummaryOut(BaseModel):
     due_at: datetime
     paid_at: datetime | None
     voided_at: datetime | None
+    void_reason: str | None
     pdf_url: str
 
 
@@ -104,6 +105,10 @@ class InvoiceOut(InvoiceSummaryOut):
         description="When the next automatic charge (dunning retry) is due; None when the invoice "
         "is not open or no retry is left.",
     )
+
+
+class InvoiceVoidIn(Request):
+    reason: Reason = Field(description="Why the invoice is not collected (kept on the invoice).")
 
 
 class InvoicePayIn(Request):

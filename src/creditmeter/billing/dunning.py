@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from creditmeter.billing import invoices
-from creditmeter.billing.models import Invoice, TestClockAttachment
+from creditmeter.billing.models import CreditNoteApplication, Invoice, TestClockAttachment
 from creditmeter.billing.payments import history
 from creditmeter.billing.payments import methods as payment_methods
 from creditmeter.billing.payments.models import Payment, PaymentCustomer, PaymentMethod
@@ -337,6 +337,37 @@ def resume_if_clear(session: Session, organization_id: str) -> bool:
     if resumed:
         log.info("organization %s resumed: no invoice is past due", organization_id)
     return resumed
+
+
+def void(session: Session, invoice_id: str, reason: str, now: datetime) -> Invoice:
+    """Void an open or past-due invoice: it is no longer collected (no retry, no payment by hand);
+    the credits it billed stay with the organization. Under the organization's lock, like the
+    recording of a payment, so a charge being recorded and a void never interleave. The money of
+    credit notes deducted on it is released to the next invoice, and a suspension that only this
+    invoice caused ends. 409 ``invoice_paid`` (refund its payment instead) or ``invoice_void``.
+    Never commits."""
+    invoice = invoices.get(session, invoice_id).invoice
+    orgs.lock_organization(session, invoice.organization_id)
+    session.refresh(invoice)
+    if invoice.status == invoices.PAID:
+        raise Conflict(
+            f"invoice {invoice.number} is paid; refund its payment instead "
+            "(POST /v1/payments/{payment_id}/refunds)",
+            code="invoice_paid",
+        )
+    if invoice.status == invoices.VOID:
+        raise Conflict(f"invoice {invoice.number} is already void", code="invoice_void")
+    invoice.status = invoices.VOID
+    invoice.voided_at = now
+    invoice.void_reason = reason[:500]
+    invoice.updated_at = now
+    session.execute(
+        delete(CreditNoteApplication).where(CreditNoteApplication.invoice_id == invoice.id)
+    )
+    session.flush()
+    resume_if_clear(session, invoice.organization_id)
+    log.info("invoice %s voided: %s", invoice.number, reason)
+    return invoice
 
 
 # --- entry points -----------------------------------------------------------------------------

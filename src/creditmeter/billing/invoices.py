@@ -183,6 +183,7 @@ def _invoice_row(
         "due_at": issued_at + timedelta(days=catalog.invoicing.payment_terms_days),
         "paid_at": None if total > 0 else issued_at,
         "voided_at": None,
+        "void_reason": None,
         "created_at": now,
         "updated_at": now,
     }

@@ -278,6 +278,9 @@ def _details(pdf: Document, view: InvoiceView, zone: tzinfo) -> None:
     ]
     if inv.paid_at:
         rows.append(("Paid on", date_text(inv.paid_at, zone)))
+    if inv.voided_at:
+        voided = date_text(inv.voided_at, zone)
+        rows.append(("Voided on", f"{voided}: {inv.void_reason}" if inv.void_reason else voided))
     if inv.environment == "test":
         rows.append(("Environment", "TEST - not a real charge"))
     for label, value in rows:
