@@ -25,7 +25,7 @@ from creditmeter.api.schemas_corrections import CreditNoteOut, CreditNotePage
 from creditmeter.billing import credit_note_pdf, credit_notes
 from creditmeter.billing.models import CreditNote, Invoice
 from creditmeter.kit.credits import format_credits
-from creditmeter.kit.pagination import DEFAULT_LIMIT, encode_cursor
+from creditmeter.kit.pagination import DEFAULT_LIMIT, page_of
 
 router = APIRouter(tags=["invoices"])
 
@@ -77,11 +77,7 @@ def list_credit_notes(
             )
         }
         data = [credit_note_json(r, numbers[r.invoice_id]) for r in rows]
-    return {
-        "data": data,
-        "has_more": next_id is not None,
-        "next_cursor": encode_cursor(next_id) if next_id else None,
-    }
+    return page_of(data, next_id)
 
 
 @router.get(

@@ -41,7 +41,7 @@ from creditmeter.billing.invoices import InvoiceNotFound, InvoiceView
 from creditmeter.billing.models import Invoice
 from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
-from creditmeter.kit.pagination import DEFAULT_LIMIT, encode_cursor
+from creditmeter.kit.pagination import DEFAULT_LIMIT, page_of
 from creditmeter.orgs.service import Principal
 
 router = APIRouter(tags=["invoices"])
@@ -149,11 +149,7 @@ def list_invoices(
     with db.read() as session:
         rows, next_id = invoices.list_for(session, org_id, env, cursor, limit)
         data = [InvoiceSummaryOut.model_validate(summary_json(r, catalog)) for r in rows]
-    return {
-        "data": [d.model_dump(mode="json") for d in data],
-        "has_more": next_id is not None,
-        "next_cursor": encode_cursor(next_id) if next_id else None,
-    }
+    return page_of([d.model_dump(mode="json") for d in data], next_id)
 
 
 def _readable(caller: Principal, view: InvoiceView, scopes: frozenset[str] = READ_SCOPES) -> None:

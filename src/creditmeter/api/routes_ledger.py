@@ -43,8 +43,8 @@ from creditmeter.kit.credits import format_credits
 from creditmeter.kit.pagination import (
     DEFAULT_LIMIT,
     decode_cursor,
-    encode_cursor,
     invalid_cursor,
+    page_of,
 )
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.domain import LotSource
@@ -175,11 +175,7 @@ def list_grants(
             query = query.where(Lot.id > after)
         rows = list(session.scalars(query))
     more = len(rows) > limit
-    return {
-        "data": [lot_out(lot) for lot in rows[:limit]],
-        "has_more": more,
-        "next_cursor": encode_cursor(rows[limit - 1].id) if more else None,
-    }
+    return page_of([lot_out(lot) for lot in rows[:limit]], rows[limit - 1].id if more else None)
 
 
 @router.get("/{org_id}/balance", response_model=BalanceOut)
@@ -285,22 +281,19 @@ def list_ledger(
                     }
                 )
     more = len(txns) > limit
-    return {
-        "data": [
-            {
-                "id": _txn_ref(t.id),
-                "kind": t.kind,
-                "description": t.description,
-                "environment": t.environment,
-                "reverses": _txn_ref(t.reverses_id) if t.reverses_id else None,
-                "created_at": t.created_at,
-                "postings": postings[t.id],
-            }
-            for t in page
-        ],
-        "has_more": more,
-        "next_cursor": encode_cursor(_txn_ref(page[-1].id)) if more else None,
-    }
+    data = [
+        {
+            "id": _txn_ref(t.id),
+            "kind": t.kind,
+            "description": t.description,
+            "environment": t.environment,
+            "reverses": _txn_ref(t.reverses_id) if t.reverses_id else None,
+            "created_at": t.created_at,
+            "postings": postings[t.id],
+        }
+        for t in page
+    ]
+    return page_of(data, _txn_ref(page[-1].id) if more else None)
 
 
 @router.post(

@@ -35,7 +35,7 @@ from creditmeter.api.schemas import (
     ProjectOut,
 )
 from creditmeter.kit import clock
-from creditmeter.kit.pagination import DEFAULT_LIMIT, encode_cursor
+from creditmeter.kit.pagination import DEFAULT_LIMIT, page_of
 from creditmeter.orgs import service as orgs
 from creditmeter.orgs.service import Environment
 
@@ -44,14 +44,6 @@ router = APIRouter(prefix="/v1/organizations", tags=["organizations"])
 
 def _dump(model: type[BaseModel], obj: object) -> dict[str, Any]:
     return model.model_validate(obj, from_attributes=True).model_dump(mode="json")
-
-
-def _page(items: list[object], next_id: str | None) -> dict[str, object]:
-    return {
-        "data": items,
-        "has_more": next_id is not None,
-        "next_cursor": encode_cursor(next_id) if next_id else None,
-    }
 
 
 @router.post("", status_code=201, response_model=OrganizationOut)
@@ -76,7 +68,7 @@ def list_organizations(
     only = None if caller.is_operator else caller.organization_id
     with db.read() as session:
         rows, next_id = orgs.list_organizations(session, cursor, limit, only)
-        return _page(list(rows), next_id)
+        return page_of(list(rows), next_id)
 
 
 @router.get("/{org_id}", response_model=OrganizationOut)
@@ -111,7 +103,7 @@ def list_projects(
     with db.read() as session:
         orgs.get_organization(session, org_id)
         rows, next_id = orgs.list_projects(session, org_id, cursor, limit)
-        return _page(list(rows), next_id)
+        return page_of(list(rows), next_id)
 
 
 @router.post("/{org_id}/members", status_code=201, response_model=MemberOut)
@@ -140,7 +132,7 @@ def list_members(
     with db.read() as session:
         orgs.get_organization(session, org_id)
         rows, next_id = orgs.list_members(session, org_id, cursor, limit)
-        return _page(list(rows), next_id)
+        return page_of(list(rows), next_id)
 
 
 @router.post("/{org_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
@@ -168,7 +160,7 @@ def list_api_keys(
     with db.read() as session:
         orgs.get_organization(session, org_id)
         rows, next_id = orgs.list_api_keys(session, org_id, cursor, limit)
-        return _page(list(rows), next_id)
+        return page_of(list(rows), next_id)
 
 
 @router.delete("/{org_id}/api-keys/{key_id}", response_model=ApiKeyOut)

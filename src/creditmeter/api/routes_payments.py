@@ -52,7 +52,7 @@ from creditmeter.errors import InvalidRequest
 from creditmeter.kit import clock
 from creditmeter.kit import idempotency as idem
 from creditmeter.kit.credits import format_credits
-from creditmeter.kit.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from creditmeter.kit.pagination import DEFAULT_LIMIT, decode_cursor, page_of
 from creditmeter.orgs import service as orgs
 
 
@@ -272,11 +272,7 @@ def list_payments(
     with db.read() as session:
         orgs.get_organization(session, org_id)
         rows, after = history.list_payments(session, org_id, env, cursor, limit)
-        return {
-            "data": [payment_json(p) for p in rows],
-            "has_more": after is not None,
-            "next_cursor": encode_cursor(after) if after else None,
-        }
+        return page_of([payment_json(p) for p in rows], after)
 
 
 # --- purchases --------------------------------------------------------------------------------
@@ -363,11 +359,7 @@ def list_purchases(
         rows = list(session.scalars(query))
     page = rows[:limit]
     more = len(rows) > limit
-    return {
-        "data": [purchase_json(r) for r in page],
-        "has_more": more,
-        "next_cursor": encode_cursor(page[-1].id) if more else None,
-    }
+    return page_of([purchase_json(r) for r in page], page[-1].id if more else None)
 
 
 # --- refunds ----------------------------------------------------------------------------------

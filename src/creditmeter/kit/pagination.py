@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 
 from creditmeter.errors import InvalidRequest
 
@@ -15,6 +16,16 @@ _CURSOR_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 def encode_cursor(value: str) -> str:
     return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def page_of(data: Sequence[object], next_key: str | None) -> dict[str, object]:
+    """A page of a list endpoint: its items and, when more follow, the cursor after ``next_key``
+    (the key of the page's last item)."""
+    return {
+        "data": list(data),
+        "has_more": next_key is not None,
+        "next_cursor": encode_cursor(next_key) if next_key else None,
+    }
 
 
 def decode_cursor(cursor: str | None, prefix: str = "") -> str | None:
