@@ -132,6 +132,20 @@ def quote(catalog: Catalog, terms: Terms, request: PurchaseRequest) -> Quote:
 def terms_of(session: Session, organization_id: str, environment: str) -> Terms:
     """The organization's subscription terms (a canceled subscription's last terms still price a
     purchase); 409 when it never subscribed: the price of a credit is a plan setting."""
+    sub = _subscription(
+        session,
+        organization_id,
+        environment,
+        "the price of a credit and the expiry of purchased credits are plan settings",
+    )
+    return Terms.from_json(sub.terms)
+
+
+def _subscription(
+    session: Session, organization_id: str, environment: str, why: str
+) -> Subscription:
+    """The organization's subscription in ``environment``, or ``409 subscription_required``
+    saying ``why`` a purchase needs one."""
     sub = session.scalars(
         select(Subscription).where(
             Subscription.organization_id == organization_id,
@@ -140,10 +154,9 @@ def terms_of(session: Session, organization_id: str, environment: str) -> Terms:
     ).first()
     if sub is None:
         raise SubscriptionRequired(
-            "subscribe the organization to a plan first (PUT …/subscription): the price of a "
-            "credit and the expiry of purchased credits are plan settings"
+            f"subscribe the organization to a plan first (PUT …/subscription): {why}"
         )
-    return Terms.from_json(sub.terms)
+    return sub
 
 
 def begin(
@@ -256,17 +269,9 @@ def _on_account(
 
 def _on_account_terms(session: Session, organization_id: str, environment: str) -> Terms:
     """The terms of an active subscription whose plan lets it buy on account, or a 409."""
-    sub = session.scalars(
-        select(Subscription).where(
-            Subscription.organization_id == organization_id,
-            Subscription.environment == environment,
-        )
-    ).first()
-    if sub is None:
-        raise SubscriptionRequired(
-            "subscribe the organization to a plan first (PUT …/subscription): buying on account "
-            "is a plan setting"
-        )
+    sub = _subscription(
+        session, organization_id, environment, "buying on account is a plan setting"
+    )
     terms = Terms.from_json(sub.terms)
     if sub.status != subscriptions.ACTIVE:
         raise OnAccountNotAllowed(
