@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from creditmeter.billing import cycle, purchases
 from creditmeter.billing.cycle import Due
-from creditmeter.billing.models import Invoice, InvoiceLine
+from creditmeter.billing.models import Invoice
 from creditmeter.billing.payments.models import Payment, Purchase
 from creditmeter.billing.plans import load_catalog
 from creditmeter.kit import clock
@@ -30,6 +30,7 @@ from tests.api.test_bad_input import assert_problem, everything
 from tests.api.test_payments import add_card, sandbox_charges
 from tests.conftest import utc
 from tests.integration.test_concurrency import in_parallel
+from tests.integration.test_cycle_close import invoices_of
 
 C = MICROS_PER_CREDIT
 Headers = dict[str, str]
@@ -85,24 +86,7 @@ def close(db: Database, at: datetime, org: str, **kw: Any) -> list[cycle.CloseRe
 def invoice_lines(db: Database, org: str) -> list[list[tuple[Any, ...]]]:
     """Each invoice of ``org`` (by month) as its lines (position, kind, description, amount,
     credits), followed by its total."""
-    with db.read() as session:
-        found = []
-        for inv in session.scalars(
-            select(Invoice).where(Invoice.organization_id == org).order_by(Invoice.period_start)
-        ):
-            lines = session.execute(
-                select(
-                    InvoiceLine.position,
-                    InvoiceLine.kind,
-                    InvoiceLine.description,
-                    InvoiceLine.amount_minor,
-                    InvoiceLine.credits_micros,
-                )
-                .where(InvoiceLine.invoice_id == inv.id)
-                .order_by(InvoiceLine.position)
-            ).all()
-            found.append([tuple(line) for line in lines] + [("total", inv.total_minor)])
-    return found
+    return [inv["lines"] + [("total", inv["total"])] for inv in invoices_of(db, org)]
 
 
 def purchase_lots(db: Database, org: str) -> list[tuple[Any, ...]]:
