@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 
 from creditmeter import __version__
@@ -39,13 +40,16 @@ six decimal places. Errors are `application/problem+json` with a stable `code`.
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    app = FastAPI(
+    # The interactive docs at /docs serve Swagger UI's files from the installed package (under
+    # /static-offline-docs), never from a CDN: they work on a machine with no internet access.
+    app = FastAPIOffline(
         title="creditmeter",
         version=__version__,
         description=DESCRIPTION,
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     app.state.db = db or Database(settings.database_url)
@@ -61,6 +65,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(routes_credit_notes.router)
     app.include_router(routes_test_clocks.router, dependencies=[Depends(json_body)])
     app.include_router(routes_payments.router, dependencies=[Depends(json_body)])
+
+    @app.get("/", include_in_schema=False)
+    async def root(request: Request) -> RedirectResponse:
+        """A browser opening the server's address lands on the API docs."""
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/docs")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
