@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -24,7 +25,16 @@ class UsageEvent(Base):
     __tablename__ = "usage_events"
     __table_args__ = (
         UniqueConstraint("organization_id", "environment", "event_id"),
-        Index("ix_usage_events_org_env_occurred", "organization_id", "environment", "occurred_at"),
+        # Partial (it holds every row: occurred_at is NOT NULL) so that only a query naming a time can
+        # use it, never the duplicate-id lookup, which the unique index serves (migration 0011).
+        Index(
+            "ix_usage_events_org_env_occurred",
+            "organization_id",
+            "environment",
+            "occurred_at",
+            postgresql_where=text("occurred_at IS NOT NULL"),
+            sqlite_where=text("occurred_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
