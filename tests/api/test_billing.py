@@ -60,8 +60,11 @@ def test_any_valid_key_lists_the_plans(
         "purchase_expiry_months": 12,
         "overage_in_arrears": False,
         "packages_on_account": False,
+        "self_serve": True,
     }
     assert (professional["allocation_credits"], professional["rollover_cycles"]) == ("5000", 3)
+    assert professional["self_serve"]
+    assert not enterprise["self_serve"]  # custom terms: an operator's to give
     assert enterprise["allocation_credits"] is None
     assert enterprise["rollover_cycles"] == "never"
     assert enterprise["custom_terms"]
@@ -196,6 +199,67 @@ def test_who_may_change_a_subscription(
         assert body["code"] == "insufficient_scope"
     assert_problem(put(client, globex, make_key(acme, "org:admin"), {"plan": "standard"}), 404)
     assert_problem(put(client, "org_missing", operator, {"plan": "standard"}), 404, "not_found")
+
+
+OPERATOR_TERMS = [
+    {"plan": "enterprise", "allocation_credits": "1000000000000"},
+    {"plan": "enterprise", "allocation_credits": "20000", "rollover_cycles": "never"},
+    {"plan": "enterprise"},
+    {"plan": "enterprise", "rollover_cycles": 6},
+]
+
+
+@pytest.mark.usefixtures("january")
+@pytest.mark.parametrize("subscribed", [None, "standard", "professional"])
+@pytest.mark.parametrize("body", OPERATOR_TERMS, ids=[repr(b) for b in OPERATOR_TERMS])
+def test_an_organization_admin_cannot_give_itself_custom_terms(
+    client: TestClient,
+    db: Database,
+    make_org: Callable[..., str],
+    make_key: Callable[..., Headers],
+    subscribed: str | None,
+    body: dict[str, Any],
+) -> None:
+    """The minting hole: an org:admin key asking for an enterprise contract of a trillion credits
+    gets 403 custom_terms_operator_only, as a first subscription and as an upgrade, and nothing
+    changes: no lot, no allocation, no journal transaction, the balance as it was."""
+    org = make_org()
+    admin = make_key(org, "org:admin")
+    if subscribed:
+        assert put(client, org, admin, {"plan": subscribed}).status_code == 200
+    balance = client.get(f"/v1/organizations/{org}/balance", headers=admin).json()
+    before = everything(db)
+
+    problem = assert_problem(put(client, org, admin, body, **{"Idempotency-Key": "k"}), 403)
+
+    assert problem["code"] == "custom_terms_operator_only"
+    assert "operator" in problem["detail"]
+    assert problem["errors"][0]["field"] == "plan"
+    assert everything(db) == before
+    assert client.get(f"/v1/organizations/{org}/balance", headers=admin).json() == balance
+
+
+@pytest.mark.usefixtures("january")
+def test_an_organization_admin_picks_published_plans_and_the_operator_gives_custom_terms(
+    client: TestClient,
+    operator: Headers,
+    make_org: Callable[..., str],
+    make_key: Callable[..., Headers],
+) -> None:
+    org = make_org()
+    admin = make_key(org, "org:admin")
+    assert put(client, org, admin, {"plan": "standard"}).status_code == 200
+    assert put(client, org, admin, {"plan": "professional"}).json()["plan"] == "professional"
+    contract = {"plan": "enterprise", "allocation_credits": "20000"}
+    assert put(client, org, operator, contract).json()["allocation_credits"] == "20000"
+    # the customer may leave the contract for a published plan (at the next cycle), not rewrite it
+    assert_problem(put(client, org, admin, {**contract, "allocation_credits": "90000"}), 403)
+    pending = put(client, org, admin, {"plan": "standard"}).json()
+    assert (pending["plan"], pending["pending_change"]["plan"]) == ("enterprise", "standard")
+    # an unknown plan and terms a published plan does not take are 422 for every caller
+    assert_problem(put(client, org, admin, {"plan": "gold"}), 422, "unknown_plan")
+    problem = put(client, org, admin, {"plan": "standard", "allocation_credits": "9"})
+    assert_problem(problem, 422, "invalid_terms")
 
 
 BAD = [

@@ -592,3 +592,164 @@ def test_a_read_only_key_cannot_use_the_hot_path(
     response = client.request(method, path, json={**body, "organization": acme.id}, headers=reader)
     metering.assert_problem(response, 403, "insufficient_scope")
     assert metering.state_of(db, acme.id) == before
+
+
+# --- operator-only actions: every way credits could rise or money owed could fall ----------------
+
+#: Every endpoint through which a key could raise an organization's credits or lower what it owes
+#: without paying for it (docs/api.md, "Operator-only actions"): (method, path, body, the operator's
+#: own status on the billed tenant below, which shows the action is real). {invoice} is the tenant's
+#: open invoice of this month, {payment} its succeeded card charge, {clock} a test clock. An
+#: organization key of any scope gets 403 for each, and nothing anywhere changes.
+OPERATOR_ONLY: list[tuple[str, str, dict[str, Any] | None, int]] = [
+    ("POST", "/v1/organizations/{org}/grants", GRANT, 201),
+    ("POST", "/v1/organizations/{org}/ledger/{txn}/reverse", {"reason": "refund me"}, 201),
+    ("POST", "/v1/organizations/{org}/usage/{event}/reverse", {"reason": "refund me"}, 200),
+    ("PUT", "/v1/organizations/{org}/subscription",
+     {"plan": "enterprise", "allocation_credits": "1000000000000"}, 200),
+    ("PUT", "/v1/organizations/{org}/subscription",
+     {"plan": "enterprise", "allocation_credits": "1000", "rollover_cycles": "never"}, 200),
+    ("POST", "/v1/organizations/{org}/purchases", {"credits": "1000000", "billing": "on_account"},
+     201),
+    ("POST", "/v1/invoices/{invoice}/void", {"reason": "forgive me"}, 200),
+    ("POST", "/v1/payments/{payment}/refunds", {"reason": "give it back"}, 201),
+    ("POST", "/v1/test-clocks", {"frozen_time": "2030-01-01T00:00:00Z"}, 201),
+    ("POST", "/v1/test-clocks/{clock}/advance", {"to": "2031-01-01T00:00:00Z"}, 200),
+    ("POST", "/v1/organizations/{org}/test-clock", {"test_clock": "{clock}"}, 409),  # live org
+    ("DELETE", "/v1/organizations/{org}/test-clock", None, 404),  # on no clock
+]  # fmt: skip
+
+
+@dataclass
+class Billed:
+    tenant: Tenant
+    invoice: str
+    payment: str
+    clock: str
+
+
+@pytest.fixture
+def billed(
+    client: TestClient, db: Database, operator: Headers, tenant: Callable[[str], Tenant]
+) -> Billed:
+    """The tenant on an Enterprise contract (1,000 credits a month, packages on account) given by
+    the operator this month, with a card, a package bought with it (a succeeded charge), the
+    month closed (an open invoice, not charged yet) and a test clock."""
+    from creditmeter.billing import cycle, domain
+    from creditmeter.billing.plans import load_catalog
+
+    acme = tenant("Acme")
+    catalog = load_catalog()
+    org_url = f"/v1/organizations/{acme.id}"
+    contract = {"plan": "enterprise", "allocation_credits": "1000"}
+    assert client.put(f"{org_url}/subscription", json=contract, headers=operator).is_success
+    card = {"card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2060}}
+    added = client.post(
+        f"{org_url}/payment-methods", json={**card, "default": True}, headers=operator
+    )
+    assert added.status_code == 201, added.text
+    bought = client.post(
+        f"{org_url}/purchases",
+        json={"package": "standard"},
+        headers={**operator, "Idempotency-Key": "bought-1"},
+    )
+    assert bought.status_code == 201, bought.text
+    boundary = domain.period_of(clock.now(), catalog.zone).end
+    [closed] = cycle.run_due(
+        db, boundary, acme.id, catalog=catalog, charge=lambda db, invoice_id, now: None
+    )
+    assert closed.ok, closed
+    assert closed.invoice_number, closed
+    with db.read() as s:
+        from creditmeter.billing.models import Invoice
+
+        invoice = s.scalars(select(Invoice.id).where(Invoice.organization_id == acme.id)).one()
+    made = client.post(
+        "/v1/test-clocks", json={"frozen_time": "2029-01-01T00:00:00Z"}, headers=operator
+    )
+    assert made.status_code == 201, made.text
+    return Billed(acme, invoice, bought.json()["payment_id"], made.json()["id"])
+
+
+def operator_only_call(
+    client: TestClient, billed: Billed, method: str, path: str, body: Any, headers: Headers
+) -> Any:
+    target = billed.tenant
+    fill = {
+        "org": target.id,
+        "txn": target.txn,
+        "event": target.event,
+        "invoice": billed.invoice,
+        "payment": billed.payment,
+        "clock": billed.clock,
+    }
+    if body is not None:
+        body = {k: v.format(**fill) if isinstance(v, str) else v for k, v in body.items()}
+    extra = {"Idempotency-Key": "operator-only-1"} if method in {"POST", "PUT"} else {}
+    return client.request(method, path.format(**fill), json=body, headers={**headers, **extra})
+
+
+@pytest.mark.parametrize("scope", ORG_SCOPES)
+@pytest.mark.parametrize(
+    ("method", "path", "body", "operator_status"),
+    OPERATOR_ONLY,
+    ids=[f"{m} {p} {sorted((b or {}).items())!s:.60}" for m, p, b, _ in OPERATOR_ONLY],
+)
+def test_no_organization_key_can_raise_its_credits_or_lower_what_it_owes(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    billed: Billed,
+    scope: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    operator_status: int,
+) -> None:
+    from tests.api.test_bad_input import everything
+
+    acme = billed.tenant
+    own = make_key(acme.id, scope)
+    balance_url = f"/v1/organizations/{acme.id}/balance"
+    ledger_url = f"/v1/organizations/{acme.id}/ledger?limit=500"
+    balance = client.get(balance_url, headers=acme.key).json()
+    journal = client.get(ledger_url, headers=acme.key).json()
+    before = everything(db)
+
+    call_twice = [operator_only_call(client, billed, method, path, body, own) for _ in range(2)]
+
+    for response in call_twice:
+        assert response.status_code == 403, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        code = response.json()["code"]
+        if scope == "org:admin":
+            expected = "custom_terms_operator_only" if method == "PUT" else "operator_only"
+            assert code == expected, response.text
+        else:
+            assert code in {"insufficient_scope", "operator_only"}, response.text
+    assert everything(db) == before
+    assert client.get(balance_url, headers=acme.key).json() == balance
+    assert client.get(ledger_url, headers=acme.key).json() == journal
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "operator_status"),
+    OPERATOR_ONLY,
+    ids=[f"{m} {p} {sorted((b or {}).items())!s:.60}" for m, p, b, _ in OPERATOR_ONLY],
+)
+def test_each_operator_only_action_is_real_for_an_operator(
+    client: TestClient,
+    db: Database,
+    operator: Headers,
+    billed: Billed,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    operator_status: int,
+) -> None:
+    """The control: the same request with an operator key does what it says (or is refused for a
+    reason of its own), so the 403s above are what stands between a customer and the money."""
+    response = operator_only_call(client, billed, method, path, body, operator)
+    assert response.status_code == operator_status, response.text
+    with db.read() as s:
+        assert verify(s) == []

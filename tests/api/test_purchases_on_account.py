@@ -1,6 +1,7 @@
 """Packages bought on account (enterprise): the credits at once, no card and no charge, the package
-billed once on the invoice of the month it was bought in; refused (409, nothing changed) on a plan
-that does not allow it; idempotent; bad input a 422 that changes nothing."""
+billed once on the invoice of the month it was bought in; operator keys only (credit extended: an
+organization's own key gets 403, nothing changed); refused (409, nothing changed) on a plan that
+does not allow it; idempotent; bad input a 422 that changes nothing."""
 
 from __future__ import annotations
 
@@ -59,8 +60,10 @@ def big(client: TestClient, make_org: Callable[..., str], operator: Headers) -> 
 
 
 @pytest.fixture
-def admin(big: str, make_key: Callable[..., Headers]) -> Headers:
-    return make_key(big, "org:admin")
+def buyer(operator: Headers) -> Headers:
+    """Who buys on account: an operator key (an organization's own key may not: the credits are
+    granted before anyone pays for them)."""
+    return operator
 
 
 def buy(
@@ -120,9 +123,9 @@ def enterprise_fee(credits: int = 20_000) -> tuple[Any, ...]:
 
 
 def test_an_enterprise_organization_buys_a_package_on_account_and_january_bills_it_once(
-    client: TestClient, db: Database, big: str, admin: Headers
+    client: TestClient, db: Database, big: str, buyer: Headers
 ) -> None:
-    response = buy(client, big, admin, "jan-12")
+    response = buy(client, big, buyer, "jan-12")
     assert response.status_code == 201, response.text
     bought = response.json()
     assert (bought["status"], bought["billing"], bought["package"]) == (
@@ -140,7 +143,7 @@ def test_an_enterprise_organization_buys_a_package_on_account_and_january_bills_
     assert purchase_lots(db, big) == [(5000 * C, 40_000, JAN_12, utc(2027, 1, 12, 9, 30))]
     # Nothing charged, nothing in the billing history.
     assert (count(db, Payment), sandbox_charges(db)) == (0, 0)
-    assert client.get(url(big, "payments"), headers=admin).json()["data"] == []
+    assert client.get(url(big, "payments"), headers=buyer).json()["data"] == []
 
     [result] = close(db, utc(2026, 2, 1), big)
     assert result.ok
@@ -150,15 +153,15 @@ def test_an_enterprise_organization_buys_a_package_on_account_and_january_bills_
         (2, "package", PROFESSIONAL_PACKAGE, 20000, 5000 * C),
         ("total", 170000),
     ]
-    [listed] = client.get(url(big, "purchases"), headers=admin).json()["data"]
+    [listed] = client.get(url(big, "purchases"), headers=buyer).json()["data"]
     with db.read() as s:
         january_id = s.scalar(select(Invoice.id).where(Invoice.organization_id == big))
     assert listed["invoice_id"] == january_id
-    invoice = client.get(f"/v1/invoices/{january_id}", headers=admin).json()
+    invoice = client.get(f"/v1/invoices/{january_id}", headers=buyer).json()
     assert [line["kind"] for line in invoice["lines"]] == ["plan_fee", "package"]
     package_line = invoice["lines"][1]
     assert (package_line["quantity"], package_line["unit_price"]) == ("1", "200.00")
-    pdf = client.get(invoice["pdf_url"], headers=admin)
+    pdf = client.get(invoice["pdf_url"], headers=buyer)
     assert pdf.status_code == 200, pdf.text
     text = " ".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf.content)).pages)
     assert "Professional package (5,000 credits), bought 12 January 2026" in text
@@ -175,9 +178,9 @@ def test_an_enterprise_organization_buys_a_package_on_account_and_january_bills_
 
 
 def test_the_invoice_with_a_package_is_charged_as_usual(
-    client: TestClient, db: Database, big: str, admin: Headers
+    client: TestClient, db: Database, big: str, buyer: Headers
 ) -> None:
-    assert buy(client, big, admin, "jan-12").status_code == 201
+    assert buy(client, big, buyer, "jan-12").status_code == 201
     charged: list[str] = []
     close(db, utc(2026, 2, 1), big, charge=lambda db, invoice_id, now: charged.append(invoice_id))
     with db.read() as s:
@@ -188,9 +191,9 @@ def test_the_invoice_with_a_package_is_charged_as_usual(
 
 @pytest.mark.parametrize("crash_after", cycle.STEPS)
 def test_a_crash_after_any_step_and_a_rerun_bill_the_package_once(
-    client: TestClient, db: Database, big: str, admin: Headers, crash_after: str
+    client: TestClient, db: Database, big: str, buyer: Headers, crash_after: str
 ) -> None:
-    assert buy(client, big, admin, "jan-12").status_code == 201
+    assert buy(client, big, buyer, "jan-12").status_code == 201
 
     def crash(item: Due, step: str) -> None:
         if step == crash_after:
@@ -211,10 +214,10 @@ def test_a_crash_after_any_step_and_a_rerun_bill_the_package_once(
 
 
 def test_a_purchase_on_account_in_february_is_on_februarys_invoice_not_januarys(
-    client: TestClient, db: Database, big: str, admin: Headers
+    client: TestClient, db: Database, big: str, buyer: Headers
 ) -> None:
-    assert buy(client, big, admin, "jan-12").status_code == 201
-    feb = buy(client, big, admin, "feb-10", utc(2026, 2, 10), credits="2500", billing="on_account")
+    assert buy(client, big, buyer, "jan-12").status_code == 201
+    feb = buy(client, big, buyer, "feb-10", utc(2026, 2, 10), credits="2500", billing="on_account")
     assert feb.status_code == 201, feb.text
     # The service was down on February 1: January is closed late, after the February purchase.
     close(db, utc(2026, 2, 15), big)
@@ -229,11 +232,11 @@ def test_a_purchase_on_account_in_february_is_on_februarys_invoice_not_januarys(
 
 
 def test_a_purchase_on_account_pays_arrears_first(
-    client: TestClient, db: Database, big: str, admin: Headers
+    client: TestClient, db: Database, big: str, buyer: Headers
 ) -> None:
     with db.write() as session:  # past the month's credits: 1,000 credits of arrears
         ledger.debit(session, big, "live", 21_000 * C, "inference", "a big run", utc(2026, 1, 10))
-    assert buy(client, big, admin, "jan-12").status_code == 201
+    assert buy(client, big, buyer, "jan-12").status_code == 201
     with db.read() as session:
         balance = ledger.get_balance(session, big, "live", JAN_12)
     assert (balance.available_micros, balance.arrears_micros) == (4000 * C, 0)
@@ -248,20 +251,20 @@ def test_an_operator_key_buys_on_account_too(
 
 
 def test_a_retry_with_the_same_key_is_the_same_purchase_and_never_two_lots(
-    client: TestClient, db: Database, big: str, admin: Headers
+    client: TestClient, db: Database, big: str, buyer: Headers
 ) -> None:
-    first = buy(client, big, admin, "same")
-    again = buy(client, big, admin, "same")
+    first = buy(client, big, buyer, "same")
+    again = buy(client, big, buyer, "same")
     assert (first.status_code, again.status_code) == (201, 201)
     assert again.json() == first.json()
     assert len(purchase_lots(db, big)) == 1
     # The same key for another body (a charge, another package) is a 409 changing nothing.
     before = everything(db)
     assert_problem(
-        buy(client, big, admin, "same", package="professional"), 409, "idempotency_key_reused"
+        buy(client, big, buyer, "same", package="professional"), 409, "idempotency_key_reused"
     )
     assert_problem(
-        buy(client, big, admin, "same", package="standard", billing="on_account"),
+        buy(client, big, buyer, "same", package="standard", billing="on_account"),
         409,
         "idempotency_key_reused",
     )
@@ -298,13 +301,14 @@ def test_a_standard_organization_may_not_buy_on_account(
     db: Database,
     make_org: Callable[..., str],
     make_key: Callable[..., Headers],
+    operator: Headers,
 ) -> None:
     org = make_org("Small Co")
     admin = make_key(org, "org:admin")
     subscribe(client, org, admin, {"plan": "standard"})
     assert add_card(client, org, admin).status_code == 201
     before = everything(db)
-    body = assert_problem(buy(client, org, admin, "no"), 409, "on_account_not_allowed")
+    body = assert_problem(buy(client, org, operator, "no"), 409, "on_account_not_allowed")
     assert "Standard plan does not allow buying on account" in body["detail"]
     assert everything(db) == before
     # The plan says so, and the same organization may still charge its card.
@@ -313,15 +317,35 @@ def test_a_standard_organization_may_not_buy_on_account(
     assert buy(client, org, admin, "card", package="standard").status_code == 201
 
 
+@pytest.mark.parametrize("scope", ["org:admin", "org:read", "org:ingest"])
+def test_an_organization_key_may_not_buy_on_account_even_when_the_plan_allows_it(
+    client: TestClient, db: Database, big: str, make_key: Callable[..., Headers], scope: str
+) -> None:
+    """Credits on account are credit the operator extends: an enterprise organization's own key
+    gets 403 and nothing changes (no purchase, no lot); its admin may still buy with a card."""
+    own = make_key(big, scope)
+    before = everything(db)
+    for key in ("mine", "mine-2"):
+        body = {"credits": "1000000", "billing": "on_account"}
+        problem = assert_problem(buy(client, big, own, key, **body), 403)
+        expected = "operator_only" if scope == "org:admin" else "insufficient_scope"
+        assert problem["code"] == expected
+    assert everything(db) == before
+    if scope == "org:admin":
+        assert add_card(client, big, own).status_code == 201
+        charged = buy(client, big, own, "card", package="standard", billing="charge")
+        assert (charged.status_code, charged.json()["billing"]) == (201, "charge")
+
+
 def test_a_canceled_subscription_may_not_buy_on_account(
-    client: TestClient, db: Database, big: str, admin: Headers, operator: Headers
+    client: TestClient, db: Database, big: str, operator: Headers
 ) -> None:
     with clock.frozen_at(utc(2026, 1, 5)):
         assert client.delete(url(big, "subscription"), headers=operator).is_success
     with clock.frozen_at(utc(2026, 2, 1)):
         close(db, utc(2026, 2, 1), big)
     before = everything(db)
-    late = buy(client, big, admin, "late", utc(2026, 2, 3))
+    late = buy(client, big, operator, "late", utc(2026, 2, 3))
     assert_problem(late, 409, "on_account_not_allowed")
     assert everything(db) == before
 
@@ -341,23 +365,23 @@ def test_bad_input_is_a_422_and_changes_nothing(
     client: TestClient,
     db: Database,
     big: str,
-    admin: Headers,
+    buyer: Headers,
     body: dict[str, Any],
     field: str | None,
 ) -> None:
     before = everything(db)
-    problem = assert_problem(buy(client, big, admin, "bad", **body), 422)
+    problem = assert_problem(buy(client, big, buyer, "bad", **body), 422)
     fields = {e.get("field") or ".".join(map(str, e.get("loc", []))) for e in problem["errors"]}
     assert any((field or "payment_method") in f for f in fields), problem
     assert everything(db) == before
 
 
 def test_an_operator_reversal_of_the_grant_before_invoicing_is_the_correction(
-    client: TestClient, db: Database, big: str, admin: Headers, operator: Headers
+    client: TestClient, db: Database, big: str, operator: Headers
 ) -> None:
     """A package bought on account by mistake: the operator reverses its grant before the month is
     invoiced; the credits go, and the invoice shows the package at nothing owed."""
-    bought = buy(client, big, admin, "oops").json()
+    bought = buy(client, big, operator, "oops").json()
     with db.read() as s:
         grant_id = s.scalar(
             select(JournalTransaction.id)
@@ -390,9 +414,9 @@ def test_an_operator_reversal_of_the_grant_before_invoicing_is_the_correction(
 
 
 def test_the_refund_endpoint_cannot_be_pointed_at_a_purchase_on_account(
-    client: TestClient, db: Database, big: str, admin: Headers, operator: Headers
+    client: TestClient, db: Database, big: str, operator: Headers
 ) -> None:
-    bought = buy(client, big, admin, "jan-12").json()
+    bought = buy(client, big, operator, "jan-12").json()
     before = everything(db)
     response = client.post(
         f"/v1/payments/{bought['id']}/refunds",
@@ -404,15 +428,15 @@ def test_the_refund_endpoint_cannot_be_pointed_at_a_purchase_on_account(
 
 
 def test_plans_and_subscriptions_show_packages_on_account(
-    client: TestClient, big: str, admin: Headers
+    client: TestClient, big: str, buyer: Headers
 ) -> None:
-    plans = {p["id"]: p for p in client.get("/v1/plans", headers=admin).json()["data"]}
+    plans = {p["id"]: p for p in client.get("/v1/plans", headers=buyer).json()["data"]}
     assert {k: p["packages_on_account"] for k, p in plans.items()} == {
         "standard": False,
         "professional": False,
         "enterprise": True,
     }
-    assert client.get(url(big, "subscription"), headers=admin).json()["packages_on_account"]
+    assert client.get(url(big, "subscription"), headers=buyer).json()["packages_on_account"]
 
 
 def test_the_migration_matches_the_purchase_model(db: Database) -> None:

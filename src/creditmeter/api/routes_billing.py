@@ -84,6 +84,7 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
         "purchase_expiry_months": _months(plan.purchase_expiry_months),
         "overage_in_arrears": plan.overage_in_arrears,
         "packages_on_account": plan.packages_on_account,
+        "self_serve": domain.operator_only_reason(plan) is None,
     }
 
 
@@ -223,10 +224,14 @@ def put_subscription(
     cycle's credits at once (prorated, like its fee); an upgrade applies at once with the prorated
     difference; a downgrade waits for the next cycle; the current plan again withdraws a pending
     change. `allocation_credits` and `rollover_cycles` are for plans with custom terms
-    (enterprise). An operator key, or an org:admin key of this organization."""
+    (enterprise). An operator key, or an org:admin key of this organization for a plan that is
+    `self_serve` (403 `custom_terms_operator_only` otherwise: custom terms and credit extended are
+    the operator's to give)."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
     env = environment_for(caller, environment)
     request = subs.SubscriptionRequest(body.plan, body.allocation_credits, body.rollover_cycles)
+    if not caller.is_operator:
+        subs.refuse_operator_terms(catalog, request)
     subs.desired_terms(catalog, request)  # a 422 before anything is locked
 
     def apply(session: Session) -> dict[str, Any]:

@@ -305,8 +305,12 @@ def create_purchase(
     (`card_declined`, `insufficient_funds`, ...) and nothing is granted. `"billing": "on_account"`
     (plans with `packages_on_account`, e.g. enterprise; otherwise `409 on_account_not_allowed`):
     no card and no charge, the lot is granted at once and the purchase is billed as a `package`
-    line on the invoice of its month. An operator key, or an org:admin key of this organization."""
+    line on the invoice of its month: operator keys only (credit extended; `403 operator_only`
+    for an organization key). A charged purchase: an operator key, or an org:admin key of this
+    organization."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
+    if body.billing == "on_account":
+        require_operator(caller)
     env = environment_for(caller, environment)
     if idempotency_key is None:
         raise InvalidRequest(

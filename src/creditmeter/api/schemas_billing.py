@@ -78,6 +78,10 @@ class PlanOut(BaseModel):
     packages_on_account: bool = Field(
         description="Packages may be bought on account (billing: on_account), invoiced monthly."
     )
+    self_serve: bool = Field(
+        description="An organization's own org:admin key may choose this plan (PUT …/subscription);"
+        " false: only an operator may (custom terms, or credit extended)."
+    )
 
 
 class PlansOut(BaseModel):

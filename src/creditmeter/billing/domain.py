@@ -410,6 +410,21 @@ def terms_for(plan: Plan, allocation_micros: int | None = None, rollover: Rollov
     )
 
 
+def operator_only_reason(plan: Plan) -> str | None:
+    """Why only an operator may put an organization on ``plan``, or None when the organization's
+    own key may choose it as published. Terms set per contract (``custom_terms``: allocation,
+    rollover) and terms that extend credit (``overage_in_arrears``: usage beyond the credits billed
+    later; ``packages_on_account``: credits granted before they are paid for) are the operator's
+    to give: a customer choosing them would mint credits."""
+    if plan.custom_terms:
+        return f"the {plan.id} plan's terms are set per contract"
+    if plan.overage_in_arrears:
+        return f"the {plan.id} plan invoices overage in arrears (credit extended)"
+    if plan.packages_on_account:
+        return f"the {plan.id} plan sells packages on account (credit extended)"
+    return None
+
+
 class Change(StrEnum):
     SAME = "same"
     UPGRADE = "upgrade"

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from creditmeter.billing import domain
 from creditmeter.billing.domain import Catalog, Change, Period, Rollover, Terms
 from creditmeter.billing.models import PlanAllocation, Subscription
-from creditmeter.errors import Conflict, InvalidRequest, NotFound
+from creditmeter.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from creditmeter.kit.db import UTCDateTime
 from creditmeter.kit.ids import new_id
 from creditmeter.ledger import service as ledger
@@ -43,6 +43,12 @@ CANCELED = "canceled"
 
 class SubscriptionNotFound(NotFound):
     code = "subscription_not_found"
+
+
+class CustomTermsOperatorOnly(Forbidden):
+    """An organization's own key asked for terms only the operator may give."""
+
+    code = "custom_terms_operator_only"
 
 
 class CycleClosePending(Conflict):
@@ -89,6 +95,21 @@ def desired_terms(catalog: Catalog, request: SubscriptionRequest) -> Terms:
             code="invalid_terms",
             errors=[{"field": exc.field, "type": "invalid_terms", "message": exc.message}],
         ) from exc
+
+
+def refuse_operator_terms(catalog: Catalog, request: SubscriptionRequest) -> None:
+    """For an organization's own key: 403 ``custom_terms_operator_only`` when the plan asked for is
+    one only the operator may give (``domain.operator_only_reason``). An unknown plan, and per
+    subscription terms sent to a plan without custom terms, are left to ``desired_terms`` (422 for
+    every caller)."""
+    plan = catalog.plan(request.plan)
+    reason = domain.operator_only_reason(plan) if plan is not None else None
+    if reason is not None:
+        raise CustomTermsOperatorOnly(
+            f"{reason}: only the operator may put an organization on it; an organization key "
+            "may choose a plan without custom terms, as published (GET /v1/plans)",
+            errors=[{"field": "plan", "type": "custom_terms_operator_only", "message": reason}],
+        )
 
 
 def subscribe(
