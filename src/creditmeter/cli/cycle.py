@@ -12,8 +12,7 @@ from rich.table import Table
 
 from creditmeter.billing import cycle, domain
 from creditmeter.billing.plans import PlansError, load_catalog
-from creditmeter.cli.common import open_database
-from creditmeter.config import Settings
+from creditmeter.cli.common import amount_column, cli_settings, open_database
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
@@ -70,7 +69,7 @@ def run(
     invoice and hand it to payment. A close interrupted earlier resumes where it stopped; closed
     months are never closed twice. Exits 1 if any close failed (the others are still done)."""
     moment = _as_of(as_of)
-    settings = Settings.from_env()
+    settings = cli_settings()
     try:
         catalog = load_catalog(settings.plans_path)
     except PlansError as exc:
@@ -108,8 +107,13 @@ def run(
 def _summary(results: list[cycle.CloseResult]) -> None:
     failed = sum(not r.ok for r in results)
     table = Table(title=f"{len(results) - failed} closed, {failed} failed")
-    for column in ("period", "organization", "expired", "allocated", "invoice", "total", "result"):
-        table.add_column(column, overflow="fold", no_wrap=column in {"period", "invoice", "total"})
+    table.add_column("period", no_wrap=True)
+    table.add_column("organization", overflow="fold")
+    for column in ("expired", "allocated"):
+        amount_column(table, column)
+    table.add_column("invoice", overflow="fold")
+    amount_column(table, "total")
+    table.add_column("result", overflow="fold")
     for r in results:
         org = r.due.organization_id + (" (test)" if r.due.environment == "test" else "")
         table.add_row(

@@ -7,27 +7,25 @@ Exit codes: 0 success; 1 failure (e.g. ``verify`` found mismatches); 2 invalid i
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from creditmeter import __version__
-from creditmeter.cli.common import open_database
+from creditmeter.cli.common import amount_column, cli_settings, open_database, use_database_url
 from creditmeter.cli.cycle import cycle_app
 from creditmeter.cli.jobs import jobs_app
+from creditmeter.cli.serve import db_upgrade, serve, worker
 from creditmeter.config import Settings
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit import clock
 from creditmeter.kit.credits import CreditsFormatError, format_credits, parse_credits
-from creditmeter.kit.db import Database, is_sqlite
-from creditmeter.kit.migrate import upgrade
+from creditmeter.kit.db import Database
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.domain import LotSource
 from creditmeter.ledger.verify import verify as verify_ledger
@@ -49,6 +47,9 @@ app.add_typer(org_app, name="org")
 app.add_typer(key_app, name="api-key")
 app.add_typer(cycle_app, name="cycle")
 app.add_typer(jobs_app, name="jobs")
+app.command()(serve)
+app.command()(worker)
+db_app.command("upgrade")(db_upgrade)
 
 out = Console()
 err = Console(stderr=True)
@@ -71,7 +72,7 @@ def _fail(exc: CreditmeterError) -> NoReturn:
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    return cli_settings()
 
 
 def _database() -> Database:
@@ -101,132 +102,23 @@ def _when(value: str | None, what: str) -> datetime | None:
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="CREDITMETER_DATABASE_URL",
+            show_envvar=True,
+            metavar="URL",
+            help="The database every command uses, e.g. postgresql+psycopg://user:pw@host/db "
+            "(default: sqlite:///var/creditmeter.db, under the working directory). Give the "
+            "server and the CLI the same one. Each command says on stderr which database it used.",
+        ),
+    ] = None,
 ) -> None:
     if version:
         out.print(f"creditmeter {__version__}")
         raise typer.Exit()
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    demo: Annotated[
-        bool,
-        typer.Option("--demo", help="Seed demo organizations and print keys to explore them with."),
-    ] = False,
-    no_worker: Annotated[
-        bool,
-        typer.Option(
-            "--no-worker",
-            help="Do not run the background worker in this process (run `creditmeter worker`).",
-        ),
-    ] = False,
-    migrate: Annotated[
-        bool, typer.Option(help="Upgrade the database schema before serving.")
-    ] = True,
-    workers: Annotated[
-        int, typer.Option(min=1, help="API worker processes (the background worker runs once).")
-    ] = 1,
-    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
-) -> None:
-    """Serve the API (and the background worker) on HOST:PORT. Upgrades the database first."""
-    import uvicorn
-
-    from creditmeter.api.app import create_app
-    from creditmeter.worker.runner import Worker
-
-    settings = _settings()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if migrate:
-        upgrade(settings.database_url)
-    db = Database(settings.database_url)
-    if demo:
-        _print_demo(db, host, port)
-    elif is_sqlite(settings.database_url):
-        err.print(f"[dim]database: {settings.database_url}[/dim]")
-    worker = (
-        None if no_worker else Worker(db, settings.worker_interval_seconds, settings.plans_path)
-    )
-    if worker:
-        worker.start()
-    try:
-        if workers > 1:
-            uvicorn.run(
-                "creditmeter.api.app:create_app",
-                factory=True,
-                host=host,
-                port=port,
-                workers=workers,
-                log_level="info",
-                access_log=access_log,
-            )
-        else:
-            uvicorn.run(
-                create_app(settings, db=db),
-                host=host,
-                port=port,
-                log_level="info",
-                access_log=access_log,
-            )
-    finally:
-        if worker:
-            worker.stop()
-
-
-def _print_demo(db: Database, host: str, port: int) -> None:
-    from creditmeter.demo import seed
-    from creditmeter.pricing.ratecard import load_rate_card
-
-    with db.write() as session:
-        keys = seed(session, clock.now(), load_rate_card(_settings().rate_card_path))
-    base = f"http://{host}:{port}"
-    lines = [
-        "creditmeter demo data is ready.",
-        f"  Operator key:       {keys.operator_key}",
-        f"  Acme AI admin key:  {keys.acme_admin_key}",
-        f"  Acme AI:            {keys.acme_id}",
-        f"  Globex Research:    {keys.globex_id} (paused: it ran past zero)",
-        "Try:",
-        f"  curl -H 'Authorization: Bearer {keys.acme_admin_key}' "
-        f"{base}/v1/organizations/{keys.acme_id}/balance",
-        f"API docs: {base}/docs",
-    ]
-    err.print(Panel("\n".join(lines), title="creditmeter demo", expand=False), soft_wrap=True)
-
-
-@app.command()
-def worker(
-    once: Annotated[bool, typer.Option("--once", help="Run every due job once and exit.")] = False,
-) -> None:
-    """Run the background worker (cycle closes, lot expiry, hold timeouts) in the foreground."""
-    from creditmeter.worker.runner import Worker, tick
-
-    settings = _settings()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    db = open_database(settings)
-    if once:
-        n = tick(db, settings.plans_path)
-        out.print(f"expired credits of {n} organization balance(s)")
-        return
-    w = Worker(db, settings.worker_interval_seconds, settings.plans_path)
-    w.run()
-
-
-@db_app.command("upgrade")
-def db_upgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
-) -> None:
-    """Apply the database migrations (SQLite or PostgreSQL)."""
-    url = _settings().database_url
-    upgrade(url, revision)
-    from sqlalchemy import text
-
-    db = Database(url)
-    with db.read() as session:
-        current = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    db.dispose()
-    out.print(f"database is at revision {current}")
+    use_database_url(database_url)
 
 
 @app.command()
@@ -291,8 +183,10 @@ def org_list(
     db = _database()
     now = clock.now()
     table = Table()
-    for column in ("id", "name", "external id", "status", "available", "arrears"):
-        table.add_column(column, no_wrap=column in {"id", "name"})
+    for column in ("id", "name", "external id", "status"):
+        table.add_column(column, overflow="fold")
+    for column in ("available", "arrears"):
+        amount_column(table, column)
     with db.read() as session:
         rows, _ = orgs.list_organizations(session, None, limit)
         for org in rows:
@@ -366,8 +260,12 @@ def balance(
         f"held {format_credits(view.held_micros)}"
     )
     table = Table(title="lots, in the order they pay")
-    for column in ("lot", "source", "remaining", "priority", "effective", "expires"):
-        table.add_column(column, no_wrap=column == "lot")
+    table.add_column("lot", overflow="fold")
+    table.add_column("source", no_wrap=True)
+    amount_column(table, "remaining")
+    table.add_column("priority", no_wrap=True)
+    for column in ("effective", "expires"):  # "YYYY-MM-DD HH:MM" wraps at the space if need be
+        table.add_column(column, overflow="fold")
     for lot in view.lots:
         table.add_row(
             lot.id,
