@@ -35,11 +35,10 @@ from creditmeter.api.schemas_invoices import (
     InvoiceSummaryOut,
     InvoiceVoidIn,
 )
-from creditmeter.billing import domain, dunning, invoices, pdf, refunds, statements
+from creditmeter.billing import domain, dunning, invoices, org_time, pdf, refunds, statements
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.invoices import InvoiceNotFound, InvoiceView
 from creditmeter.billing.models import Invoice
-from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
 from creditmeter.kit.pagination import DEFAULT_LIMIT, page_of
 from creditmeter.orgs.service import Principal
@@ -192,9 +191,11 @@ def pay_invoice(
     active again. A decline is a 402 with the processor's reason (the attempt is in the billing
     history). An operator key, or an org:admin key of the invoice's organization."""
     with db.read() as session:
-        _readable(caller, invoices.get(session, invoice_id), ADMIN_SCOPES)
+        view = invoices.get(session, invoice_id)
+        _readable(caller, view, ADMIN_SCOPES)
+        now = org_time.now_for(session, view.invoice.organization_id)  # a test clock's, if any
     method = body.payment_method if body else None
-    dunning.pay(db, provider, invoice_id, method, clock.now())
+    dunning.pay(db, provider, invoice_id, method, now)
     with db.read() as session:
         return invoice_json(invoices.get(session, invoice_id), catalog, session)
 
@@ -216,7 +217,9 @@ def void_invoice(
     a suspension that only this invoice caused ends. A paid invoice is refunded, not voided."""
     require_operator(caller)
     with db.write() as session:
-        dunning.void(session, invoice_id, body.reason, clock.now())
+        invoice = invoices.get(session, invoice_id).invoice
+        now = org_time.now_for(session, invoice.organization_id)  # a test clock's, if any
+        dunning.void(session, invoice_id, body.reason, now)
     with db.read() as session:
         return invoice_json(invoices.get(session, invoice_id), catalog, session)
 

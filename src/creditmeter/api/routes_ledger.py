@@ -38,7 +38,6 @@ from creditmeter.api.schemas import (
 from creditmeter.billing import credit_notes, test_clocks
 from creditmeter.config import Settings
 from creditmeter.errors import InvalidRequest, NotFound
-from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
 from creditmeter.kit.pagination import (
     DEFAULT_LIMIT,
@@ -122,7 +121,8 @@ def create_grant(
     authorize_org(caller, org_id, ADMIN_SCOPES)
     require_operator(caller)
     env = environment_for(caller, environment)
-    now = clock.now()
+    with db.read() as session:  # a clocked organization is granted at its clock's time
+        now = test_clocks.now_for(session, org_id)
     _check_grant(body, now)
 
     def create(session: Session) -> dict[str, Any]:
@@ -319,10 +319,11 @@ def reverse_transaction(
     def create(session: Session) -> dict[str, Any]:
         orgs.get_organization(session, org_id)
         txn_id = _parse_txn_ref(transaction_id)
+        now = test_clocks.now_for(session, org_id)  # a clocked organization: its clock's time
         new_id = ledger.reverse(
-            session, org_id, txn_id, body.reason, clock.now(), currency=settings.currency
+            session, org_id, txn_id, body.reason, now, currency=settings.currency
         )
-        credit_notes.for_ledger_reversal(session, org_id, new_id, clock.now())
+        credit_notes.for_ledger_reversal(session, org_id, new_id, now)
         txn = session.get(JournalTransaction, new_id)
         assert txn is not None
         out = {

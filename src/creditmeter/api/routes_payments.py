@@ -142,7 +142,7 @@ def _card_source(body: PaymentMethodIn) -> tuple[CardSource, dict[str, Any]]:
     if body.card is None:
         assert body.token is not None
         return CardSource(token=body.token), {"token": body.token}
-    try:
+    try:  # the expiry against real time: the processor charges the card in real time
         card = cards.validate(
             body.card.number, body.card.exp_month, body.card.exp_year, body.card.cvc, clock.now()
         )
@@ -188,15 +188,16 @@ def add_payment_method(
         if stored is not None:
             return JSONResponse(stored.body, status_code=stored.status_code)
 
+    with db.read() as session:  # a clocked organization's method is added at its clock's time
+        now = test_clocks.now_for(session, org_id)
+
     def remember(session: Session, method: PaymentMethod) -> None:
         if idempotency_key is not None:
             answer = method_json(method)
-            idem.store(session, scope, idempotency_key, fingerprint, 201, answer, clock.now())
+            idem.store(session, scope, idempotency_key, fingerprint, 201, answer, now)
 
     try:
-        method = payment_methods.add(
-            db, provider, org_id, env, source, body.default, clock.now(), remember
-        )
+        method = payment_methods.add(db, provider, org_id, env, source, body.default, now, remember)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -250,7 +251,9 @@ def delete_payment_method(
     becomes the default. Its past payments stay in the history."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
     env = environment_for(caller, environment)
-    return method_json(payment_methods.detach(db, provider, org_id, env, method_id, clock.now()))
+    with db.read() as session:  # detached at a clocked organization's clock's time
+        now = test_clocks.now_for(session, org_id)
+    return method_json(payment_methods.detach(db, provider, org_id, env, method_id, now))
 
 
 # --- billing history --------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import auto_top_up, domain
+from creditmeter.billing import auto_top_up, domain, org_time
 from creditmeter.billing.payments import history
 from creditmeter.billing.payments.models import Payment, Purchase, Refund
 from creditmeter.billing.payments.provider import PaymentError, PaymentProvider, RefundResult
@@ -139,10 +139,12 @@ def begin(
     request: RefundRequest,
     idempotency_key: str,
     provider_name: str,
-    now: datetime,
+    now: datetime | None = None,
 ) -> Refund:
-    """Step 1: the refund checked and recorded as pending (or the one this key already made)."""
+    """Step 1: the refund checked and recorded as pending (or the one this key already made), at
+    ``now`` (default: the organization's now, its test clock's time if it is on one)."""
     payment = get_payment(session, payment_id)
+    now = now or org_time.now_for(session, payment.organization_id)
     existing = by_key(session, payment_id, idempotency_key)
     if existing is not None:
         if existing.request_hash != request.fingerprint():
@@ -234,12 +236,18 @@ def _money(amount_minor: int, payment: Payment) -> str:
 
 
 def complete(
-    session: Session, refund_id: str, result: RefundResult, provider_name: str, now: datetime
+    session: Session,
+    refund_id: str,
+    result: RefundResult,
+    provider_name: str,
+    now: datetime | None = None,
 ) -> Refund:
-    """Step 3: record the processor's answer; on success the refunded amount and the credits taken
-    back. A refund completed by a concurrent twin is returned as it is."""
+    """Step 3: record the processor's answer at ``now`` (default: the organization's now); on
+    success the refunded amount and the credits taken back. A refund completed by a concurrent twin
+    is returned as it is."""
     row = session.get(Refund, refund_id)
     assert row is not None
+    now = now or org_time.now_for(session, row.organization_id)
     balance = ledger.lock_balance(session, row.organization_id, row.environment)
     session.refresh(row)
     if row.status != PENDING:
@@ -322,7 +330,7 @@ def refund(
     finishes a pending refund without refunding twice."""
     try:
         with db.write() as session:
-            row = begin(session, payment_id, request, idempotency_key, provider.name, clock.now())
+            row = begin(session, payment_id, request, idempotency_key, provider.name)
     except IntegrityError:
         with db.read() as session:  # a concurrent twin recorded it first
             found = by_key(session, payment_id, idempotency_key)
@@ -355,7 +363,7 @@ def settle(db: Database, provider: PaymentProvider, refund_id: str) -> Refund:
     except PaymentError as exc:  # the processor refused it outright: an outcome to record
         result = RefundResult("failed", amount, currency, None, exc.code, exc.detail)
     with db.write() as session:
-        return complete(session, refund_id, result, provider.name, clock.now())
+        return complete(session, refund_id, result, provider.name)
 
 
 def resume_pending(db: Database, provider: PaymentProvider, older_than: timedelta) -> list[Refund]:

@@ -21,8 +21,9 @@ finally the same for the clock's new time.
   twice; the first close real time runs is the first period the clock had not closed. A clock
   *behind* real time leaves closes due: the worker catches them up boundary by boundary, as after
   downtime. A clock with organizations attached cannot be deleted (``409 test_clock_in_use``).
-- **The organization's "now"** (``now_for``): for an attached organization, the API's operations
-  (subscriptions, purchases, the balance, usage) take the clock's time as now; others real time.
+- **The organization's "now"** (``now_for``, ``org_time``): for an attached organization, the API's
+  operations (subscriptions, purchases, paying and voiding invoices, refunds, payment methods,
+  grants and ledger reversals, the balance, usage) take the clock's time as now; others real time.
   ``clocked_ids`` is a per-process cache of the attached organizations for the hot paths
   (invalidated by attach and detach in this process, reloaded after ``CACHE_SECONDS`` otherwise).
 
@@ -40,7 +41,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import cycle, domain, dunning
+from creditmeter.billing import cycle, domain, dunning, org_time
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.models import Subscription, TestClock, TestClockAttachment
@@ -224,13 +225,8 @@ def clocked_ids(db: Database) -> frozenset[str]:
 
 def now_for(session: Session, organization_id: str) -> datetime:
     """ "Now" for ``organization_id``: its test clock's time when it is attached to one, else real
-    time (``kit.clock.now()``). One primary-key read."""
-    frozen = session.scalar(
-        select(TestClock.frozen_time)
-        .join(TestClockAttachment, TestClockAttachment.test_clock_id == TestClock.id)
-        .where(TestClockAttachment.organization_id == organization_id)
-    )
-    return real_clock.now() if frozen is None else frozen
+    time (``kit.clock.now()``). One primary-key read (``org_time.now_for``)."""
+    return org_time.now_for(session, organization_id)
 
 
 def hot_now_for(db: Database, organization_id: str | None) -> datetime:
