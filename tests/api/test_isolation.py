@@ -56,6 +56,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/organizations/{org}/balance", None),
     ("GET", "/v1/organizations/{org}/ledger", None),
     ("POST", "/v1/organizations/{org}/ledger/{txn}/reverse", {"reason": "refund me"}),
+    ("GET", "/v1/organizations/{org}/projects/{project}/budget", None),
     ("PUT", "/v1/organizations/{org}/projects/{project}/budget", {"monthly_credits": "1"}),
     ("POST", "/v1/organizations/{org}/usage/{event}/reverse", {"reason": "refund me"}),
     ("GET", "/v1/organizations/{org}/subscription", None),
@@ -361,6 +362,7 @@ ALLOWED = {  # (method, path) -> the status for org:admin, org:read, org:ingest
     ("GET", "/v1/organizations/{org}/balance"): (200, 200, 200),
     ("GET", "/v1/organizations/{org}/ledger"): (200, 200, 403),
     ("POST", "/v1/organizations/{org}/ledger/{txn}/reverse"): (403, 403, 403),  # operator only
+    ("GET", "/v1/organizations/{org}/projects/{project}/budget"): (200, 200, 403),
     ("PUT", "/v1/organizations/{org}/projects/{project}/budget"): (200, 403, 403),
     ("POST", "/v1/organizations/{org}/usage/{event}/reverse"): (403, 403, 403),  # operator only
     ("GET", "/v1/organizations/{org}/subscription"): (404, 404, 403),  # the tenant has none yet

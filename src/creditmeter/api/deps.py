@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from creditmeter.api import org_refs
 from creditmeter.config import Settings
 from creditmeter.errors import CreditmeterError, Forbidden, NotFound, Unauthorized
 from creditmeter.kit import clock
@@ -111,7 +112,7 @@ def authorize_org(principal: Principal, org_id: str, scopes: frozenset[str]) -> 
     if principal.is_operator:
         return
     if principal.organization_id != org_id:
-        raise NotFound(f"organization {org_id} not found")
+        raise NotFound(f"organization {org_refs.shown(org_id)} not found")
     if not principal.scopes & scopes:
         needed = " or ".join(sorted(scopes))
         raise Forbidden(

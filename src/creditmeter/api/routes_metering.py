@@ -17,6 +17,7 @@ from creditmeter.api.coalesce import Scope as IngestScope
 from creditmeter.api.deps import (
     ADMIN_SCOPES,
     DB,
+    READ_SCOPES,
     BearerSecret,
     Caller,
     IdempotencyKey,
@@ -449,11 +450,25 @@ def set_budget(org_id: str, project_id: str, body: BudgetIn, caller: Caller, db:
         used = usage.set_budget(
             session, org_id, project_id, body.monthly_credits, caller.environment, month
         )
+    return _budget_json(project_id, body.monthly_credits, month, used)
+
+
+@router.get("/v1/organizations/{org_id}/projects/{project_id}/budget", response_model=BudgetOut)
+def get_budget(org_id: str, project_id: str, caller: Caller, db: DB) -> Any:
+    """A project's monthly credit budget (`null`: none) and what it used this month (UTC), in the
+    key's environment. The project may be named by its id or its name."""
+    authorize_org(caller, org_id, READ_SCOPES)
+    now = clock.now()
+    month = date(now.year, now.month, 1)
+    with db.read() as session:
+        budget, used = usage.budget_of(session, org_id, project_id, caller.environment, month)
+    return _budget_json(project_id, budget, month, used)
+
+
+def _budget_json(project_id: str, budget: int | None, month: date, used: int) -> dict[str, Any]:
     return {
         "project_id": project_id,
-        "monthly_credits": (
-            None if body.monthly_credits is None else format_credits(body.monthly_credits)
-        ),
+        "monthly_credits": None if budget is None else format_credits(budget),
         "month": month.strftime("%Y-%m"),
         "used_this_month": format_credits(used),
     }

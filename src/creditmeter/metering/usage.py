@@ -100,6 +100,13 @@ def reverse(
     return event.credits_micros, txn_id
 
 
+def _project(session: Session, org_id: str, project_id: str) -> Project:
+    project = session.get(Project, project_id) if "\x00" not in project_id else None
+    if project is None or project.organization_id != org_id:
+        raise NotFound(f"project {project_id} not found")
+    return project
+
+
 def set_budget(
     session: Session,
     org_id: str,
@@ -109,11 +116,21 @@ def set_budget(
     month: date,
 ) -> int:
     """Set or remove a project's monthly budget; returns what the project used this month."""
-    project = session.get(Project, project_id) if "\x00" not in project_id else None
-    if project is None or project.organization_id != org_id:
-        raise NotFound(f"project {project_id} not found")
+    project = _project(session, org_id, project_id)
     project.monthly_budget_micros = monthly_micros
     session.flush()
+    return _used(session, project_id, env, month)
+
+
+def budget_of(
+    session: Session, org_id: str, project_id: str, env: str, month: date
+) -> tuple[int | None, int]:
+    """A project's monthly budget (None: it has none) and what it used in ``month``."""
+    project = _project(session, org_id, project_id)
+    return project.monthly_budget_micros, _used(session, project_id, env, month)
+
+
+def _used(session: Session, project_id: str, env: str, month: date) -> int:
     used = session.scalar(
         select(ProjectUsage.credits_micros).where(
             ProjectUsage.project_id == project_id,
