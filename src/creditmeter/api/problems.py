@@ -11,9 +11,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from creditmeter.api.jsonio import json_response, unreadable_body
 from creditmeter.errors import CreditmeterError
 
 log = logging.getLogger("creditmeter.api")
@@ -40,9 +41,9 @@ def problem(
     title: str | None = None,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
+) -> Response:
     body = problem_body(status, code, detail, title, errors)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    return json_response(body, status, PROBLEM, headers)
 
 
 def problem_body(
@@ -65,13 +66,21 @@ def problem_body(
     return body
 
 
+#: Pydantic error types renamed to ours (``string_unicode``: a lone surrogate such as ``"\udc00"``).
+_TYPES = {"string_unicode": "invalid_unicode"}
+INVALID_UNICODE = (
+    "must be valid Unicode text; it holds a lone surrogate (an escape such as \\udc00 that "
+    "encodes no character), which cannot be stored"
+)
+
+
 def validation_errors(raw: Any) -> list[dict[str, Any]]:
     """Pydantic errors as field-level problem details whose messages say what to send instead."""
     return [
         {
             "field": "body" if e.get("type") == "json_invalid" else _field(tuple(e.get("loc", ()))),
             "message": _message(e),
-            "type": e.get("type", "invalid"),
+            "type": _TYPES.get(e.get("type", ""), e.get("type", "invalid")),
         }
         for e in raw
     ]
@@ -100,20 +109,26 @@ def _message(err: dict[str, Any]) -> str:
         return "send an RFC 3339 timestamp with a time zone, e.g. 2026-12-31T23:59:59Z"
     if kind in {"model_attributes_type", "dict_type"}:
         return "send a JSON object"
+    if kind == "string_unicode":
+        return INVALID_UNICODE
     return msg.removeprefix("Value error, ")
+
+
+def error_response(exc: CreditmeterError) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    title = None if exc.title == CreditmeterError.title else exc.title
+    return problem(
+        exc.status_code, exc.code, exc.detail, title, exc.errors or None, headers=headers
+    )
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(CreditmeterError)
-    async def _domain(_: Request, exc: CreditmeterError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        title = None if exc.title == CreditmeterError.title else exc.title
-        return problem(
-            exc.status_code, exc.code, exc.detail, title, exc.errors or None, headers=headers
-        )
+    async def _domain(_: Request, exc: CreditmeterError) -> Response:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
         errors = validation_errors(exc.errors())
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem(
@@ -121,13 +136,17 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body its JSON parser could not read as a bare 400; say why instead.
+        unreadable = unreadable_body(exc.__cause__) if exc.status_code == 400 else None
+        if unreadable is not None:
+            return error_response(unreadable)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         detail = str(exc.detail) if exc.detail else _TITLES.get(exc.status_code, "error")
         return problem(exc.status_code, code, detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error", exc_info=exc)
         return problem(
             500,

@@ -11,14 +11,14 @@ import json
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from creditmeter.api.deps import DB, Caller
+from creditmeter.api.jsonio import json_response, unreadable_body
 from creditmeter.api.problems import problem_body, validation_errors
 from creditmeter.api.routes_metering import Card, Config, _context, record_one
 from creditmeter.api.schemas_metering import BatchOut, UsageEventIn, UsageOut
-from creditmeter.api.usage_batch import apply_batch
+from creditmeter.api.usage_batch import apply_batch, echoed_id
 from creditmeter.config import Settings
 from creditmeter.errors import CreditmeterError, InvalidRequest
 from creditmeter.kit.db import Database
@@ -98,8 +98,12 @@ def _wrong_media(got: str) -> CreditmeterError:
     )
 
 
+class _NotJson(ValueError):
+    pass
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotJson(f"{name} is not JSON")
 
 
 def _parse_json(body: bytes, *, empty_ok: bool = False) -> Any:
@@ -107,7 +111,10 @@ def _parse_json(body: bytes, *, empty_ok: bool = False) -> Any:
         return None
     try:
         return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        unreadable = unreadable_body(exc) if not isinstance(exc, _NotJson) else None
+        if unreadable is not None:  # not UTF-8, nested too deeply: as on every other endpoint
+            raise unreadable from exc
         message = f"the body is not valid JSON ({exc})"
         raise InvalidRequest(
             message,
@@ -175,7 +182,7 @@ def receive_events(
     media = ce.media_type(content_type)
     if media == BATCH:
         events = _parse_json(body)
-        return JSONResponse({"results": _batch(db, ctx, events)})
+        return json_response({"results": _batch(db, ctx, events)})
     if media == STRUCTURED:
         event = _parse_json(body)
         if isinstance(event, list):
@@ -227,10 +234,9 @@ def _batch(db: Database, ctx: IngestContext, events: Any) -> list[Any]:
             mapped.append(ce.to_usage_event(event))
             results.append(None)
         except InvalidRequest as exc:
-            event_id = event.get("id") if isinstance(event, dict) else None
             results.append(
                 {
-                    "id": event_id if isinstance(event_id, str) else None,
+                    "id": echoed_id(event),
                     "status": "rejected",
                     "error": _problem(exc),
                 }

@@ -8,8 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 from sqlalchemy.orm import Session
 
 from creditmeter.api.coalesce import Coalescer, write_events
@@ -28,6 +26,8 @@ from creditmeter.api.deps import (
     require_operator,
 )
 from creditmeter.api.idempotent import run_once
+from creditmeter.api.jsonio import json_response
+from creditmeter.api.schemas import Timestamp
 from creditmeter.api.schemas_metering import (
     AuthorizeIn,
     AuthorizeOut,
@@ -46,7 +46,7 @@ from creditmeter.api.schemas_metering import (
     UsageEventIn,
     UsageOut,
 )
-from creditmeter.api.usage_batch import apply_batch, json_response
+from creditmeter.api.usage_batch import apply_batch
 from creditmeter.billing import credit_notes, test_clocks
 from creditmeter.config import Settings
 from creditmeter.errors import Forbidden, InvalidRequest, NotFound
@@ -152,7 +152,7 @@ def _answer(result: EventResult) -> Any:
     """A single event's answer: 201 applied, 200 duplicate, its problem otherwise."""
     if result.error is not None:
         raise result.error
-    return JSONResponse(_usage_json(result), status_code=201 if result.status == "applied" else 200)
+    return json_response(_usage_json(result), 201 if result.status == "applied" else 200)
 
 
 def record_one(
@@ -220,7 +220,7 @@ def estimate(body: EstimateIn, caller: Caller, card: Card) -> Any:
 
 @router.get("/v1/rate-card")
 def get_rate_card(
-    caller: Caller, card: Card, at: Annotated[AwareDatetime | None, Query()] = None
+    caller: Caller, card: Card, at: Annotated[Timestamp | None, Query()] = None
 ) -> Any:
     """The rate card version in force now (or at `?at=`), with every operation, rate and modifier."""
     return card.version_at(at or clock.now()).to_json()

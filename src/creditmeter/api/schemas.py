@@ -17,7 +17,10 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
+from creditmeter.api.jsonio import is_text
+from creditmeter.api.problems import INVALID_UNICODE
 from creditmeter.kit.credits import (
     MAX_CREDITS_MICROS,
     CreditsFormatError,
@@ -69,23 +72,44 @@ def _money_per_credit(value: Any) -> int:
     return micros
 
 
-def _no_nul(value: str) -> str:
+def checked_text(value: str) -> str:
+    """The one check of text a client sends (every name, reason, id and reference): valid Unicode
+    (no lone surrogate such as ``"\\udc00"``, which cannot be stored or sent back; field type
+    ``invalid_unicode``) without NUL. Cheap: ASCII text is one C-level scan."""
+    if not is_text(value):
+        raise PydanticCustomError("invalid_unicode", INVALID_UNICODE)
     if "\x00" in value:
         raise ValueError("must not contain the NUL character (\\u0000); remove it")
     return value
 
 
-def _utc_timestamp(value: datetime) -> datetime:
+TIMESTAMP_OUT_OF_RANGE = (
+    "is out of range; send an RFC 3339 timestamp between 1970-01-01T00:00:00Z and "
+    "9999-12-30T00:00:00Z"
+)
+
+
+def utc_in_range(value: datetime) -> datetime | None:
+    """``value`` in UTC, or None when converting it would overflow or it lies outside the range the
+    API accepts (``0001-01-01T00:00:00+01:00`` is before year 1 in UTC)."""
     try:
         utc = value.astimezone(UTC)
     except OverflowError:
-        utc = None
-    if utc is None or not MIN_TIMESTAMP <= utc <= MAX_TIMESTAMP:
-        raise ValueError(
-            "is out of range; send an RFC 3339 timestamp between 1970-01-01T00:00:00Z and "
-            "9999-12-30T00:00:00Z"
-        )
+        return None
+    return utc if MIN_TIMESTAMP <= utc <= MAX_TIMESTAMP else None
+
+
+def _utc_timestamp(value: datetime) -> datetime:
+    utc = utc_in_range(value)
+    if utc is None:
+        raise PydanticCustomError("timestamp_out_of_range", TIMESTAMP_OUT_OF_RANGE)
     return utc
+
+
+def _timestamp_in_range(value: datetime) -> datetime:
+    if utc_in_range(value) is None:
+        raise PydanticCustomError("timestamp_out_of_range", TIMESTAMP_OUT_OF_RANGE)
+    return value
 
 
 PositiveCredits = Annotated[
@@ -115,15 +139,20 @@ MoneyPerCredit = Annotated[
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(_no_nul),
+    AfterValidator(checked_text),
 ]
 Reason = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
-    AfterValidator(_no_nul),
+    AfterValidator(checked_text),
 ]
-#: An aware timestamp, converted to UTC; out-of-range values are a 422, not an overflow later.
+#: An aware timestamp, converted to UTC; out-of-range values are a 422 (field type
+#: ``timestamp_out_of_range``), not an overflow later. Every timestamp the API accepts is one of these
+#: two types.
 Timestamp = Annotated[AwareDatetime, AfterValidator(_utc_timestamp)]
+#: A :data:`Timestamp` kept with the offset it was sent with (a usage event's ``occurred_at``: the
+#: event's fingerprint covers the text sent), checked the same way.
+EventTime = Annotated[AwareDatetime, AfterValidator(_timestamp_in_range)]
 
 T = TypeVar("T")
 

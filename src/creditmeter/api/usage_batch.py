@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from creditmeter.api.coalesce import by_clock
+from creditmeter.api.jsonio import is_text
 from creditmeter.api.problems import problem_body, validation_errors
 from creditmeter.api.schemas_metering import parse_events
 from creditmeter.kit.credits import format_credits
@@ -58,22 +57,18 @@ def apply_batch(db: Database, ctx: IngestContext, raw_events: list[Any]) -> list
     return out
 
 
-def _invalid(raw: Any, exc: ValidationError) -> dict[str, Any]:
+def echoed_id(raw: Any) -> str | None:
+    """The id a rejected raw event is answered with: its ``id`` when that is text (not, say, a
+    number or a string holding a lone surrogate); else null (results are in request order)."""
     event_id = raw.get("id") if isinstance(raw, dict) else None
+    return event_id if isinstance(event_id, str) and is_text(event_id) else None
+
+
+def _invalid(raw: Any, exc: ValidationError) -> dict[str, Any]:
     errors = validation_errors(exc.errors())
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return {
-        "id": event_id if isinstance(event_id, str) else None,
+        "id": echoed_id(raw),
         "status": "rejected",
         "error": problem_body(422, "validation_failed", detail, errors=errors),
     }
-
-
-def json_response(content: Any) -> Response:
-    """``JSONResponse(content)`` encoded by orjson (the same JSON; a batch answer is large). Content
-    orjson cannot encode goes through ``JSONResponse`` and fails or succeeds as it always did."""
-    try:
-        body = orjson.dumps(content)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return JSONResponse(content)
-    return Response(body, media_type="application/json")

@@ -21,7 +21,10 @@ def ensure_utc(value: datetime) -> datetime:
     """Reject naive datetimes; convert aware ones to UTC."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamps must carry a time zone (RFC 3339, e.g. 2026-01-31T00:00:00Z)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError(f"timestamp {value.isoformat()} is out of range in UTC") from exc
 
 
 @contextmanager
