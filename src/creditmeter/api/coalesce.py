@@ -12,6 +12,13 @@ Each event keeps its own answer: batched ingest treats every event on its own (a
 nothing; the same id twice is one event and a duplicate), and each caller gets its event's result and
 its organization's balance as committed. Events are grouped only with events of the same environment
 and the same caller scope, so a batch is exactly what one caller could have sent.
+
+Each event also keeps its own fate. Everything that can be checked alone is checked before an event
+joins a group (the body's schema, time range and text) or rejects only that event inside it (window,
+price, organization, project, member, duplicate, limits). Should a grouped transaction still fail — a
+bug, a constraint the database enforces — it was rolled back whole, and its events are written again in
+halves, each half in a transaction of its own, down to single events: only the event that fails alone
+gets the failure, and a group with one such event costs about ``2 * log2(size)`` extra transactions.
 """
 
 from __future__ import annotations
@@ -73,13 +80,14 @@ class Coalescer:
                     results = await run_in_threadpool(
                         write_events, self._db, self._context(scope), [e for e, _ in batch]
                     )
-                except Exception as exc:  # the transaction failed: every event in it did
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
+                except Exception as exc:  # nothing was written (no context, no clock lookup)
+                    results = [exc] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
         finally:
             lane.writing = False
@@ -109,19 +117,37 @@ def by_clock(
     ]
 
 
-def write_events(db: Database, ctx: IngestContext, events: list[EventInput]) -> list[EventResult]:
+def write_events(
+    db: Database, ctx: IngestContext, events: list[EventInput]
+) -> list[EventResult | Exception]:
     """Ingest events in one write transaction (one per test clock's organization among an operator
     key's events, see ``by_clock``); every result carries its organization's balance as committed
-    (a duplicate's: the balance now)."""
+    (a duplicate's: the balance now). An event whose write fails even alone gets its exception in
+    place of a result; the others are written without it (see :func:`_isolated`)."""
     groups = by_clock(db, ctx, events)
     if len(groups) == 1:
-        return _write(db, groups[0][0], events)
-    results: list[EventResult | None] = [None] * len(events)
+        return _isolated(db, groups[0][0], events)
+    results: list[EventResult | Exception | None] = [None] * len(events)
     for group_ctx, indexes in groups:
-        written = _write(db, group_ctx, [events[i] for i in indexes])
+        written = _isolated(db, group_ctx, [events[i] for i in indexes])
         for i, result in zip(indexes, written, strict=True):
             results[i] = result
     return [r for r in results if r is not None]
+
+
+def _isolated(
+    db: Database, ctx: IngestContext, events: list[EventInput]
+) -> list[EventResult | Exception]:
+    """``_write`` of the events, in one transaction when it succeeds. When it fails (rolled back,
+    nothing written), each half is written again on its own, recursively, so one failing event
+    fails alone and every other event is applied in some transaction."""
+    try:
+        return list(_write(db, ctx, events))
+    except Exception as exc:  # any failure of the group: find the event(s) it belongs to
+        if len(events) == 1:
+            return [exc]
+    middle = len(events) // 2
+    return _isolated(db, ctx, events[:middle]) + _isolated(db, ctx, events[middle:])
 
 
 def _write(db: Database, ctx: IngestContext, events: list[EventInput]) -> list[EventResult]:

@@ -161,6 +161,8 @@ def record_one(
     """One event in a transaction of its own, answered like ``POST /v1/usage`` (for callers that are
     already on a worker thread, such as a single CloudEvent)."""
     result = write_events(db, _context(caller, card, settings, db), [body.to_input()])[0]
+    if isinstance(result, Exception):
+        raise result
     return _answer(result)
 
 
