@@ -159,3 +159,34 @@ def test_a_project_of_another_organization_is_not_found_by_name(
 def db_of(client: TestClient) -> Database:
     database: Database = client.app.state.db  # type: ignore[attr-defined]
     return database
+
+
+def test_a_budget_on_a_test_clock_reads_the_clock_month(
+    client: TestClient,
+    db: Database,
+    operator: Headers,
+    make_org: Callable[..., str],
+    make_key: Callable[..., Headers],
+) -> None:
+    """Usage of an organization on a test clock counts in the clock's month: so does its budget."""
+    org = make_org("Rehearsal", "rehearsal")
+    project(db, org, "assistant")
+    made = client.post(
+        "/v1/test-clocks", json={"frozen_time": "2026-01-15T12:00:00Z"}, headers=operator
+    )
+    clock_id = ok(made, 201)["id"]
+    attach = {"test_clock": clock_id}
+    ok(client.post("/v1/organizations/rehearsal/test-clock", json=attach, headers=operator))
+    grant(client, operator, org, "10", environment="test")
+    admin = make_key(org, "org:admin", environment="test")
+    engine = make_key(org, "org:ingest", environment="test")
+    path = "/v1/organizations/rehearsal/projects/assistant/budget"
+    assert ok(client.put(path, json={"monthly_credits": "5"}, headers=admin))["month"] == "2026-01"
+    used = event("r-1", "rehearsal", project="assistant", quantities=dict(TOKENS))
+    ok(client.post("/v1/usage", json=used, headers=engine), 201)
+    read = ok(client.get(path, headers=admin))
+    assert (read["month"], read["monthly_credits"], read["used_this_month"]) == (
+        "2026-01",
+        "5",
+        "0.005",
+    )

@@ -446,7 +446,7 @@ def set_budget(org_id: str, project_id: str, body: BudgetIn, caller: Caller, db:
     """Set (or with `null` remove) a project's monthly credit budget. The gate and holds refuse the
     project with `project_budget_exceeded` once its month's usage would pass it."""
     authorize_org(caller, org_id, ADMIN_SCOPES)
-    now = clock.now()
+    now = test_clocks.hot_now_for(db, org_id)  # the month of usage is the organization's
     month = date(now.year, now.month, 1)
     with db.write() as session:
         used = usage.set_budget(
@@ -457,10 +457,10 @@ def set_budget(org_id: str, project_id: str, body: BudgetIn, caller: Caller, db:
 
 @router.get("/v1/organizations/{org_id}/projects/{project_id}/budget", response_model=BudgetOut)
 def get_budget(org_id: str, project_id: str, caller: Caller, db: DB) -> Any:
-    """A project's monthly credit budget (`null`: none) and what it used this month (UTC), in the
-    key's environment. The project may be named by its id or its name."""
+    """A project's monthly credit budget (`null`: none) and what it used this month (UTC; on its
+    test clock's time for an organization on one), in the key's environment."""
     authorize_org(caller, org_id, READ_SCOPES)
-    now = clock.now()
+    now = test_clocks.hot_now_for(db, org_id)
     month = date(now.year, now.month, 1)
     with db.read() as session:
         budget, used = usage.budget_of(session, org_id, project_id, caller.environment, month)
