@@ -19,6 +19,7 @@ from tests import pg
 from tests.conftest import IN_CI
 
 KEY_RE = re.compile(r"cm_live_[A-Za-z0-9_-]{40,}")
+TEST_KEY_RE = re.compile(r"export ORBITAL=(cm_test_[A-Za-z0-9_-]{40,})")
 
 
 def _free_port() -> int:
@@ -27,7 +28,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def _serve(url: str, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     port = _free_port()
     log = (tmp_path / "serve.log").open("w+")
     proc = subprocess.Popen(
@@ -52,7 +53,9 @@ def _serve(url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
         keys = list(dict.fromkeys(KEY_RE.findall(output)))
         assert proc.poll() is None, output
         assert len(keys) == 2, output
-        yield base, keys[0]
+        orbital = TEST_KEY_RE.search(output)
+        assert orbital, output
+        yield base, keys[0], orbital.group(1)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -63,7 +66,7 @@ def _serve(url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     if request.param == "sqlite":
         yield from _serve(f"sqlite:///{tmp_path / 'var' / 'creditmeter.db'}", tmp_path)
         return
@@ -81,9 +84,10 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         ctx.__exit__(None, None, None)
 
 
-def test_serve_migrates_seeds_the_demo_and_answers(server: tuple[str, str]) -> None:
-    base, operator_key = server
+def test_serve_migrates_seeds_the_demo_and_answers(server: tuple[str, str, str]) -> None:
+    base, operator_key, orbital_key = server
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/", follow_redirects=True).url.path == "/docs"
     assert httpx.get(f"{base}/readyz").status_code == 200
     assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "creditmeter"
     assert httpx.get(f"{base}/docs").status_code == 200
@@ -101,6 +105,15 @@ def test_serve_migrates_seeds_the_demo_and_answers(server: tuple[str, str]) -> N
     ).json()
     assert globex["paused"] is True
     assert globex["arrears"] != "0"
+
+    by_external_id = httpx.get(f"{base}/v1/organizations/demo-acme/balance", headers=headers)
+    assert by_external_id.json() == acme
+
+    orbital = {"Authorization": f"Bearer {orbital_key}"}
+    invoices = httpx.get(f"{base}/v1/organizations/demo-orbital/invoices", headers=orbital)
+    assert [i["status"] for i in invoices.json()["data"]] == ["paid"] * 3 + ["past_due"]
+    pdf = httpx.get(f"{base}{invoices.json()['data'][0]['pdf_url']}", headers=orbital)
+    assert (pdf.status_code, pdf.headers["content-type"]) == (200, "application/pdf")
 
     unauthenticated = httpx.get(f"{base}/v1/organizations")
     assert unauthenticated.status_code == 401

@@ -86,27 +86,14 @@ def serve(
 
 
 def _print_demo(db: Database, host: str, port: int) -> None:
-    from rich.panel import Panel
-
-    from creditmeter.demo import seed
+    from creditmeter.demo import banner, seed
     from creditmeter.kit import clock
     from creditmeter.pricing.ratecard import load_rate_card
 
-    with db.write() as session:
-        keys = seed(session, clock.now(), load_rate_card(cli_settings().rate_card_path))
-    base = f"http://{host}:{port}"
-    lines = [
-        "creditmeter demo data is ready.",
-        f"  Operator key:       {keys.operator_key}",
-        f"  Acme AI admin key:  {keys.acme_admin_key}",
-        f"  Acme AI:            {keys.acme_id}",
-        f"  Globex Research:    {keys.globex_id} (paused: it ran past zero)",
-        "Try:",
-        f"  curl -H 'Authorization: Bearer {keys.acme_admin_key}' "
-        f"{base}/v1/organizations/{keys.acme_id}/balance",
-        f"API docs: {base}/docs",
-    ]
-    err.print(Panel("\n".join(lines), title="creditmeter demo", expand=False), soft_wrap=True)
+    settings = cli_settings()
+    err.print("seeding the demo organizations…", style="dim")
+    keys = seed(db, clock.now(), load_rate_card(settings.rate_card_path), settings.plans_path)
+    err.print(banner(keys, f"http://{host}:{port}"), soft_wrap=True, highlight=False, markup=False)
 
 
 def worker(

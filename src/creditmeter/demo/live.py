@@ -1,14 +1,10 @@
-"""Demo data for a newcomer: ``creditmeter serve --demo`` seeds two organizations with projects,
-members, credits from every source, two weeks of metered usage, a hold and a project budget, so the
-API shows something real at once.
-
-Seeding is idempotent: an organization that already exists (by external id) is left as it is.
-"""
+"""The demo's live organizations: Acme AI with projects, members, credits from every source, two weeks
+of metered usage, a hold and a project budget; Globex Research, paused after a training run used more
+than it had. An organization that already exists (by external id) is left as it is."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -23,19 +19,11 @@ from creditmeter.metering.domain import EventInput
 from creditmeter.metering.ingest import IngestContext, ingest
 from creditmeter.orgs import service as orgs
 from creditmeter.orgs.models import Project
-from creditmeter.orgs.service import Environment, Role, Scope
+from creditmeter.orgs.service import Role
 from creditmeter.pricing.domain import RateCard
 
 ACME = "demo-acme"
 GLOBEX = "demo-globex"
-
-
-@dataclass(frozen=True)
-class DemoKeys:
-    operator_key: str
-    acme_id: str
-    acme_admin_key: str
-    globex_id: str
 
 
 def _credits(amount: str) -> int:
@@ -205,14 +193,8 @@ def _seed_globex(session: Session, now: datetime, rate_card: RateCard) -> str:
     return org.id
 
 
-def seed(session: Session, now: datetime, rate_card: RateCard) -> DemoKeys:
-    """Create the demo organizations if missing, and fresh keys to explore them with."""
+def seed_live(session: Session, now: datetime, rate_card: RateCard) -> tuple[str, str]:
+    """The ids of Acme AI and Globex Research, seeded first if missing."""
     acme = _existing(session, ACME) or _seed_acme(session, now, rate_card)
     globex = _existing(session, GLOBEX) or _seed_globex(session, now, rate_card)
-    _, operator_key = orgs.create_api_key(
-        session, None, "demo operator", [Scope.OPERATOR], Environment.LIVE, now
-    )
-    _, admin_key = orgs.create_api_key(
-        session, acme, "demo admin", [Scope.ORG_ADMIN], Environment.LIVE, now
-    )
-    return DemoKeys(operator_key, acme, admin_key, globex)
+    return acme, globex
