@@ -32,15 +32,17 @@ _INSERT = text(
 )
 
 
-def _history(db: Database) -> tuple[str, list[str]]:
-    """Eight organizations with one event each, statistics taken, then BUSY_EVENTS more for the
-    first; returns (the busy organization, every organization)."""
+def _history(db: Database, analyze: bool = True) -> tuple[str, list[str]]:
+    """Eight organizations with one event each, statistics taken (unless not ``analyze``: a server
+    with autovacuum off), then BUSY_EVENTS more for the first; returns (the busy organization, every
+    organization)."""
     with db.write() as session:
         ids = [orgs.create_organization(session, f"org {i}", None, NOW).id for i in range(8)]
     with db.write() as session:
         session.execute(_INSERT, [{"org": org, "id": f"first-{org}", "at": NOW} for org in ids])
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("ANALYZE usage_events"))
+    if analyze:
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE usage_events"))
     with db.write() as session:
         session.execute(
             _INSERT,
@@ -75,6 +77,17 @@ def test_the_busy_organizations_lookup_plans_on_the_unique_index(db: Database) -
     plan = _plan(db, busy, wanted)
     assert UNIQUE in plan or "sqlite_autoindex_usage_events" in plan, plan
     assert BY_TIME not in plan, plan
+
+
+def test_without_statistics_each_id_is_one_probe_of_the_unique_index(db: Database) -> None:
+    """No ANALYZE ever ran (autovacuum off): a batch of 5,000 ids must still probe the unique index
+    once per id, never hash every event of the environment."""
+    busy, _ = _history(db, analyze=False)
+    plan = _plan(db, busy, [f"new-{i}" for i in range(5_000)])
+    assert UNIQUE in plan or "sqlite_autoindex_usage_events" in plan, plan
+    assert BY_TIME not in plan, plan
+    assert "Hash" not in plan, plan
+    assert "Seq Scan on usage_events" not in plan, plan
 
 
 def test_the_lookup_finds_exactly_the_recorded_ids(db: Database) -> None:

@@ -61,10 +61,13 @@ def named(
 _EXISTING_COLUMNS = (
     "organization_id, event_id, request_hash, credits_micros, breakdown, rate_card_version"
 )
+# One probe of the unique index per key, whatever the statistics say: the LIMIT keeps the lateral
+# subquery from being flattened into a join, which PostgreSQL without statistics (a new database, or
+# autovacuum off) planned as a hash join over every event of the environment, once per batch.
 _EXISTING_PG = text(
-    f"SELECT e.{_EXISTING_COLUMNS.replace(', ', ', e.')} FROM usage_events e "  # noqa: S608
-    "JOIN unnest(CAST(:orgs AS text[]), CAST(:ids AS text[])) AS k(org, id) "
-    "ON e.organization_id = k.org AND e.environment = :env AND e.event_id = k.id"
+    "SELECT e.* FROM unnest(CAST(:orgs AS text[]), CAST(:ids AS text[])) AS k(org, id) "
+    f"CROSS JOIN LATERAL (SELECT {_EXISTING_COLUMNS} FROM usage_events "  # noqa: S608
+    "WHERE organization_id = k.org AND environment = :env AND event_id = k.id LIMIT 1) AS e"
 )
 _EXISTING_SQLITE: dict[int, str] = {}
 
