@@ -82,3 +82,20 @@ def test_a_url_that_is_not_one_is_a_clear_error() -> None:
     assert "database_not_ready" in result.stderr
     assert "postgresql+psycopg://" in result.stderr  # what a URL looks like
     assert "Traceback" not in result.output
+
+
+def test_a_key_from_another_database_gets_a_401_that_says_why(db: Database, tmp_path: Path) -> None:
+    """The newcomer's mistake: the CLI on the default SQLite file, the server on another database."""
+    elsewhere = f"sqlite:///{tmp_path / 'var' / 'creditmeter.db'}"
+    assert CliRunner().invoke(app, ["--database-url", elsewhere, "db", "upgrade"]).exit_code == 0
+    made = CliRunner().invoke(
+        app, ["--database-url", elsewhere, "api-key", "create", "--operator", "--name", "x"]
+    )
+    assert made.exit_code == 0, made.output
+    assert shown(elsewhere) in made.stderr
+    with TestClient(create_app(Settings(database_url=db.url), db=db)) as client:
+        headers = {"Authorization": f"Bearer {made.stdout.strip()}"}
+        refused = client.get("/v1/organizations", headers=headers)
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "invalid_api_key"
+    assert "CREDITMETER_DATABASE_URL" in refused.json()["detail"]

@@ -141,3 +141,4 @@ def test_the_banner_fits_80_columns_and_keys_stay_whole(db: Database) -> None:
     assert "/v1/organizations/demo-acme/balance" in text
     assert "/v1/organizations/demo-orbital/invoices" in text
     assert "2026-11-08" in text
+    assert ("CREDITMETER_DATABASE_URL" in text) == (db.url != "sqlite:///var/creditmeter.db")

@@ -91,7 +91,9 @@ def banner(keys: DemoKeys, base_url: str) -> str:
         f"  export ORBITAL={keys.orbital_admin_key}",
     ]
     if keys.database_url != default_database_url():
-        lines.append("  export CREDITMETER_DATABASE_URL=...  # the server's, for the CLI")
+        lines.append(
+            "  # and for the CLI, export the same CREDITMETER_DATABASE_URL as the server's"
+        )
     lines += [
         "Then:",
         '  curl -H "Authorization: Bearer $ACME" \\',

@@ -298,7 +298,9 @@ def principal_of(row: Sequence[Any] | None) -> tuple[Principal, bool]:
     recorded; 401 for no row or a revoked key."""
     if row is None or row[4]:
         raise Unauthorized(
-            "the API key is unknown or revoked; send 'Authorization: Bearer cm_live_…'",
+            "the API key is unknown or revoked; send 'Authorization: Bearer cm_live_…'. A key "
+            "made with `creditmeter api-key create` exists only in the database that command used "
+            "(it prints which): give the CLI this server's CREDITMETER_DATABASE_URL",
             code="invalid_api_key",
         )
     scopes = json.loads(row[2]) if isinstance(row[2], str) else row[2]
