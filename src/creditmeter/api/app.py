@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(routes_metering.router, dependencies=[Depends(json_body)])
     app.include_router(routes_events.router)
     app.include_router(routes_billing.router, dependencies=[Depends(json_body)])
-    app.include_router(routes_invoices.router)
+    app.include_router(routes_invoices.router, dependencies=[Depends(json_body)])
     app.include_router(routes_credit_notes.router)
     app.include_router(routes_test_clocks.router, dependencies=[Depends(json_body)])
     app.include_router(routes_payments.router, dependencies=[Depends(json_body)])
