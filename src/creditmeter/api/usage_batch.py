@@ -4,11 +4,13 @@ result per event in request order."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
 from creditmeter.api.coalesce import by_clock
+from creditmeter.api.group_commit import GroupCommit
 from creditmeter.api.jsonio import is_text
 from creditmeter.api.problems import problem_body, validation_errors
 from creditmeter.api.schemas_metering import parse_events
@@ -17,12 +19,12 @@ from creditmeter.kit.db import Database
 from creditmeter.metering.domain import EventInput
 from creditmeter.metering.ingest import IngestContext, apply, prepare, resolve
 
+Row = tuple[str, str, int | None, Any]
 
-def apply_batch(db: Database, ctx: IngestContext, raw_events: list[Any]) -> list[Any]:
-    """Validate each raw event on its own, ingest the valid ones in one transaction, and answer one
-    result per event in request order."""
-    parsed = parse_events(raw_events)
-    valid: list[EventInput] = [p for p in parsed if not isinstance(p, ValidationError)]
+
+def _write(db: Database, ctx: IngestContext, valid: list[EventInput]) -> list[Row]:
+    """Ingest valid events in one write transaction (one per test clock's organization among an
+    operator key's events); ``(id, status, credits_micros, error)`` per event, in order."""
     groups = by_clock(db, ctx, valid)  # one group, unless an operator key sends clocked events
     rows: list[Any] = [None] * len(valid)
     for group_ctx, indexes in groups:
@@ -32,10 +34,42 @@ def apply_batch(db: Database, ctx: IngestContext, raw_events: list[Any]) -> list
             resolve(session, group_ctx, prepared)
             applied = apply(session, group_ctx, prepared)
         if len(groups) == 1:
-            rows = applied.summary()
-            break
+            return applied.summary()
         for i, row in zip(indexes, applied.summary(), strict=True):
             rows[i] = row
+    return rows
+
+
+def _write_merged(
+    works: Sequence[tuple[Database, IngestContext, list[EventInput]]],
+) -> list[list[Row]]:
+    """Several batches of one scope in one transaction: their events together (in arrival order, so
+    an id sent twice is applied once and answered as a duplicate after, as one after the other
+    would be), checked against the latest of their clocks; the rows cut back per batch."""
+    db = works[0][0]
+    ctx = max((w[1] for w in works), key=lambda c: c.now)
+    merged = [e for w in works for e in w[2]]
+    rows = _write(db, ctx, merged)
+    out, start = [], 0
+    for w in works:
+        out.append(rows[start : start + len(w[2])])
+        start += len(w[2])
+    return out
+
+
+_GROUP: GroupCommit[tuple[Database, IngestContext, list[EventInput]], list[Row]] = GroupCommit(
+    _write_merged
+)
+
+
+def apply_batch(db: Database, ctx: IngestContext, raw_events: list[Any]) -> list[Any]:
+    """Validate each raw event on its own, ingest the valid ones in one transaction (shared with the
+    batches of the same caller that arrive meanwhile, see ``group_commit``), and answer one result
+    per event in request order."""
+    parsed = parse_events(raw_events)
+    valid: list[EventInput] = [p for p in parsed if not isinstance(p, ValidationError)]
+    scope = (db, ctx.environment, ctx.caller_organization_id)
+    rows = _GROUP.run(scope, (db, ctx, valid), len(valid)) if valid else []
     summary = iter(rows)
     credits: dict[int, str] = {}
     out: list[Any] = []
