@@ -263,6 +263,16 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return fields.get("VmHWM", 0), fields.get("VmRSS", 0)
 
 
+def peak_kib(pid: int) -> tuple[int, int]:
+    """(peak RSS, current RSS) summed over a server process and its children, in KiB."""
+    peak = current = 0
+    for p in tree_pids(pid):
+        hwm, rss = memory_kib(p)
+        peak += hwm
+        current += rss
+    return peak, current
+
+
 def describe_machine() -> str:
     cpus = os.cpu_count()
     try:

@@ -3,8 +3,8 @@ ratio, the issue's target and PASS or MISS, and a summary table closes the run.
 
 ``--quick`` (``make bench QUICK=1``) runs every benchmark at a small scale in a few minutes; without it
 the scales are the issues' (1M events per ingest run; 10,000 organizations and 1M events for the cycle
-close), except peak RSS, which runs 100k then 1M events unless ``--rss-full`` asks for the issue's 1M
-then 10M (hours on SQLite). See docs/performance.md.
+close; the soak sends 10M events over HTTP to each database and compares its last 1M with its first
+1M, and its peak RSS at 10M with that at 1M). See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import common, cycle_close, gate_http, hot_org, ingest_http, ledger_debit, rss
+from benchmarks import common, cycle_close, gate_http, hot_org, ingest_http, ledger_debit, soak
 
-BENCHMARKS = ("ledger_debit", "ingest_http", "gate_http", "hot_org", "rss", "cycle_close")
+BENCHMARKS = ("ledger_debit", "ingest_http", "gate_http", "hot_org", "soak", "cycle_close")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small scales, a few minutes")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated names")
     parser.add_argument("--database", default="both", help="sqlite, postgresql or both")
-    parser.add_argument("--rss-full", action="store_true", help="peak RSS after 1M and 10M events")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -51,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             gate_http.main(quick + db)
         elif name == "hot_org":
             hot_org.main(quick + db)
-        elif name == "rss":
-            rss.main((["--full"] if args.rss_full else quick) + ["--database", "sqlite"])
+        elif name == "soak":
+            soak.main(quick + db)
         elif name == "cycle_close":
             cycle_close.main(quick + db)
     print(f"\nsummary ({time.perf_counter() - started:,.0f} s; {common.describe_machine()}):")
