@@ -14,6 +14,7 @@ from creditmeter.billing.models import (
     TestClock,
     TestClockAttachment,
     UsageStatementLine,
+    WithheldAllocation,
 )
 from creditmeter.billing.payments.models import (
     AutoTopUp,
@@ -73,5 +74,6 @@ __all__ = [
     "TestClockAttachment",
     "UsageEvent",
     "UsageStatementLine",
+    "WithheldAllocation",
     "metadata",
 ]

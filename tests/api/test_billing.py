@@ -60,6 +60,7 @@ def test_any_valid_key_lists_the_plans(
         "purchase_expiry_months": 12,
         "overage_in_arrears": False,
         "packages_on_account": False,
+        "cancel_after_dunning": False,
         "self_serve": True,
     }
     assert (professional["allocation_credits"], professional["rollover_cycles"]) == ("5000", 3)

@@ -16,7 +16,14 @@ from creditmeter.kit.db import Database
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.verify import verify
 from creditmeter.worker import runner
-from tests.api.test_test_clocks import CATALOG, billing_of, new_clock, spend, subscribe_test
+from tests.api.test_test_clocks import (
+    CATALOG,
+    add_card,
+    billing_of,
+    new_clock,
+    spend,
+    subscribe_test,
+)
 from tests.conftest import utc
 
 Headers = dict[str, str]
@@ -52,6 +59,7 @@ def test_a_clock_ahead_of_real_time_never_closes_a_period_twice_after_detach(
 ) -> None:
     org = make_org("Rehearsal Co")
     subscribe_test(db, org, "professional", utc(2026, 1, 1))
+    add_card(client, operator, org)  # it pays: unpaid, it would be suspended and allocated nothing
     spend(db, org, 1200, utc(2026, 1, 10))
     clock_id = new_clock(client, operator, "2026-01-01T00:00:00Z")
     attach(client, operator, org, clock_id)
@@ -110,6 +118,7 @@ def test_a_clock_ahead_of_real_time_never_closes_a_period_twice_after_detach(
     # The same story on real time all along gives the same lots, closes and invoices.
     real = make_org("Real Co")
     subscribe_test(db, real, "professional", utc(2026, 1, 1))
+    add_card(client, operator, real)
     spend(db, real, 1200, utc(2026, 1, 10))
     for boundary in (utc(2026, 2, 1), utc(2026, 3, 1), utc(2026, 4, 1), utc(2026, 5, 1)):
         assert all(r.ok for r in cycle.run_due(db, boundary, real, catalog=CATALOG))

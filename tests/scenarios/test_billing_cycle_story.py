@@ -9,7 +9,7 @@ Northwind subscribes to Standard in mid-January and uses part of its credits; at
 invoice (prorated) is there to read and download. Contoso is on Professional: its January credits pay
 for February's work before the newer ones and last through April. Then the worker is down from March
 to the middle of May: when it comes back it closes March and April, one after the other, exactly as
-it would have on time. The ledger proves itself at every step.
+it would have on time. Both pay their invoices by card. The ledger proves itself at every step.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class Customer:
 
     def subscribe(self, plan: str) -> Any:
         return self.call("PUT", f"/v1/organizations/{self.org}/subscription", json={"plan": plan})
+
+    def add_card(self) -> None:
+        card = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
+        self.call("POST", f"/v1/organizations/{self.org}/payment-methods", 201, json={"card": card})
 
     def train(self, hours: int) -> None:
         """``hours`` H100 hours outside the off-peak window: 6.76 credits each."""
@@ -72,6 +76,8 @@ def test_five_months_of_billing(
         sub = northwind.subscribe("standard")
         assert sub["current_period_allocations"][0]["credits"] == "516.129032"
         contoso.subscribe("professional")
+        for customer in (northwind, contoso):  # they pay their invoices by card (unpaid ones
+            customer.add_card()  # would suspend them, and a suspended month allocates nothing)
     with clock.frozen_at(utc(2026, 1, 20, 12)):
         northwind.train(10)  # 67.6 credits
         contoso.train(100)  # 676 credits

@@ -84,6 +84,7 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
         "purchase_expiry_months": _months(plan.purchase_expiry_months),
         "overage_in_arrears": plan.overage_in_arrears,
         "packages_on_account": plan.packages_on_account,
+        "cancel_after_dunning": plan.cancel_after_dunning,
         "self_serve": domain.operator_only_reason(plan) is None,
     }
 
@@ -161,6 +162,7 @@ def _terms_json(terms: Terms) -> dict[str, Any]:
         "purchase_expiry_months": _months(terms.purchase_expiry_months),
         "overage_in_arrears": terms.overage_in_arrears,
         "packages_on_account": terms.packages_on_account,
+        "cancel_after_dunning": terms.cancel_after_dunning,
     }
 
 
@@ -180,6 +182,16 @@ def subscription_json(state: subs.SubscriptionState) -> dict[str, Any]:
             "end": state.period.end,
         },
         "current_period_allocations": [_allocation_json(a) for a in state.allocations],
+        "allocation_withheld": (
+            {
+                "credits": format_credits(state.withheld.credits_micros),
+                "fee": _money(state.withheld.fee_minor, state.withheld.currency),
+                "withheld_at": state.withheld.withheld_at,
+                "reason": "suspended_for_nonpayment",
+            }
+            if state.withheld
+            else None
+        ),
         "allocated_through": sub.allocated_through,
         "next_allocation": (
             {

@@ -78,6 +78,10 @@ class PlanOut(BaseModel):
     packages_on_account: bool = Field(
         description="Packages may be bought on account (billing: on_account), invoiced monthly."
     )
+    cancel_after_dunning: bool = Field(
+        description="A subscription is canceled at the end of the cycle in which an invoice's "
+        "dunning runs out."
+    )
     self_serve: bool = Field(
         description="An organization's own org:admin key may choose this plan (PUT …/subscription);"
         " false: only an operator may (custom terms, or credit extended)."
@@ -158,6 +162,13 @@ class PendingChangeOut(BaseModel):
     rollover_cycles: RolloverCycles | None
 
 
+class WithheldOut(BaseModel):
+    credits: str = Field(description="The full period's plan credits that were withheld.")
+    fee: Money = Field(description="The full period's fee, not billed while withheld.")
+    withheld_at: datetime
+    reason: Literal["suspended_for_nonpayment"]
+
+
 class SubscriptionOut(BaseModel):
     id: str
     organization_id: str
@@ -174,9 +185,17 @@ class SubscriptionOut(BaseModel):
     packages_on_account: bool = Field(
         description="Packages may be bought on account (billing: on_account), invoiced monthly."
     )
+    cancel_after_dunning: bool = Field(
+        description="The subscription is canceled at the end of the cycle in which an invoice's "
+        "dunning runs out."
+    )
     current_period: PeriodOut
     current_period_allocations: list[AllocationOut] = Field(
         description="Plan credits allocated in the current period, with the fee each owes."
+    )
+    allocation_withheld: WithheldOut | None = Field(
+        description="The current period's plan credits, withheld because the organization is "
+        "suspended for non-payment; the rest of the period is allocated when it is paid up."
     )
     allocated_through: datetime = Field(description="The end of the last period allocated.")
     next_allocation: NextAllocationOut | None

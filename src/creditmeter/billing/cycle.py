@@ -10,7 +10,9 @@ a rerun equal one clean close, and running it twice equals once:
    settled by an ``adjustment`` lot at the plan's price per credit and billed on the invoice (the new
    month's credits would otherwise pay them).
 3. ``allocation``: apply a pending downgrade or cancellation, then allocate the new month's plan lot
-   with its expiry from the plan (``subscriptions.renew_many``, which never allocates a cycle twice).
+   with its expiry from the plan (``renewal.renew_many``, which never allocates a cycle twice); for
+   an organization suspended for non-payment the allocation and its fee are withheld instead, and
+   recorded (``billing.suspension``).
 4. ``invoice``: issue the invoice of the closed month (``invoices.issue_many``), dated the boundary.
 5. ``charge``: hand an open invoice to the payment hook, outside any transaction (a processor is
    never called while a lock is held), then record the step. A crash between the two calls the hook
@@ -50,7 +52,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import domain, invoices, statements
+from creditmeter.billing import domain, invoices, renewal, statements, suspension
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog, Period, Terms
 from creditmeter.billing.models import CycleClose, Invoice, Subscription, TestClockAttachment
@@ -381,9 +383,15 @@ def run_step(
     elif step == "expiry":
         _expire(session, todo, balances, boundary, period)
     elif step == "allocation":
-        renewing = subs.load_renewing(session, [r.subscription_id for r in todo])
-        allocated = subs.renew_many(
-            session, catalog, [renewing[r.subscription_id] for r in todo], balances, boundary
+        renewing = renewal.load_renewing(session, [r.subscription_id for r in todo])
+        suspended = suspension.suspended_among(session, [r.organization_id for r in todo])
+        allocated = renewal.renew_many(
+            session,
+            catalog,
+            [renewing[r.subscription_id] for r in todo],
+            balances,
+            boundary,
+            withhold=suspended,  # read under the balance locks: see billing.suspension
         )
         for r in todo:
             r.allocated_micros = allocated[r.subscription_id]
@@ -472,7 +480,7 @@ def _expire(
     settled now by an ``adjustment`` lot (priority 0: it pays them first) bought at the plan's
     price per credit, so the new month's credits start clean."""
     expired = ledger.expire_many(session, [balances[r.organization_id] for r in todo], boundary)
-    renewing = subs.load_renewing(session, [r.subscription_id for r in todo])
+    renewing = renewal.load_renewing(session, [r.subscription_id for r in todo])
     grants = []
     for r in todo:
         r.expired_micros = expired.get(r.organization_id, 0)
@@ -499,7 +507,7 @@ def _expire(
 def _invoice(
     session: Session, catalog: Catalog, todo: list[_Record], of: Period, now: datetime
 ) -> None:
-    renewing = subs.load_renewing(session, [r.subscription_id for r in todo])
+    renewing = renewal.load_renewing(session, [r.subscription_id for r in todo])
     issued = invoices.issue_many(
         session,
         catalog,

@@ -247,6 +247,7 @@ class Plan:
     purchase_expiry_months: int | None
     overage_in_arrears: bool
     packages_on_account: bool = False
+    cancel_after_dunning: bool = False
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,9 @@ class Terms:
     #: Packages may be bought on account (billed on the next invoice) instead of charged at once.
     #: False in snapshots taken before the setting existed.
     packages_on_account: bool = False
+    #: The subscription is canceled (at the end of the cycle) when an invoice's dunning is
+    #: exhausted. False in snapshots taken before the setting existed.
+    cancel_after_dunning: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -353,6 +357,7 @@ class Terms:
             "purchase_expiry_months": self.purchase_expiry_months,
             "overage_in_arrears": self.overage_in_arrears,
             "packages_on_account": self.packages_on_account,
+            "cancel_after_dunning": self.cancel_after_dunning,
         }
 
     @classmethod
@@ -407,6 +412,7 @@ def terms_for(plan: Plan, allocation_micros: int | None = None, rollover: Rollov
         purchase_expiry_months=plan.purchase_expiry_months,
         overage_in_arrears=plan.overage_in_arrears,
         packages_on_account=plan.packages_on_account,
+        cancel_after_dunning=plan.cancel_after_dunning,
     )
 
 

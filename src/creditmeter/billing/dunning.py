@@ -39,7 +39,7 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import invoices
+from creditmeter.billing import invoices, suspension
 from creditmeter.billing.models import CreditNoteApplication, Invoice, TestClockAttachment
 from creditmeter.billing.payments import history
 from creditmeter.billing.payments import methods as payment_methods
@@ -306,6 +306,7 @@ def record(
                 invoice.number,
                 result.failure_code,
             )
+        suspension.after_dunning(session, invoice, now)  # cancel_after_dunning plans
     return Attempt(invoice.id, plan.number, payment, invoice.status)
 
 
@@ -320,12 +321,14 @@ def _paid(session: Session, invoice: Invoice, payment: Payment, now: datetime) -
     invoice.paid_at = now
     invoice.updated_at = now
     session.flush()
-    resume_if_clear(session, invoice.organization_id)
+    resume_if_clear(session, invoice.organization_id, now)
 
 
-def resume_if_clear(session: Session, organization_id: str) -> bool:
+def resume_if_clear(session: Session, organization_id: str, now: datetime) -> bool:
     """End a billing suspension when no past-due invoice of the organization is left (call it
-    under the organization's lock, e.g. after voiding one). Returns whether it resumed."""
+    under the organization's lock, e.g. after voiding one), and release the plan credits of the
+    cycle in progress withheld while it was suspended (``suspension.release``). Returns whether it
+    resumed."""
     left = session.scalar(
         select(func.count(Invoice.id)).where(
             Invoice.organization_id == organization_id, Invoice.status == invoices.PAST_DUE
@@ -336,6 +339,7 @@ def resume_if_clear(session: Session, organization_id: str) -> bool:
     resumed = orgs.set_status(session, organization_id, orgs.ACTIVE)
     if resumed:
         log.info("organization %s resumed: no invoice is past due", organization_id)
+        suspension.release(session, organization_id, now)
     return resumed
 
 
@@ -365,7 +369,7 @@ def void(session: Session, invoice_id: str, reason: str, now: datetime) -> Invoi
         delete(CreditNoteApplication).where(CreditNoteApplication.invoice_id == invoice.id)
     )
     session.flush()
-    resume_if_clear(session, invoice.organization_id)
+    resume_if_clear(session, invoice.organization_id, now)
     log.info("invoice %s voided: %s", invoice.number, reason)
     return invoice
 
@@ -467,7 +471,7 @@ def _record_first_attempts(
     session.connection().execute(_MARK_PAID, paid)
     for org in sorted({p["organization_id"] for p in payments}):
         if statuses.get(org) != orgs.ACTIVE:
-            resume_if_clear(session, org)
+            resume_if_clear(session, org, now)
 
 
 _INVOICES = cast(Table, Invoice.__table__)

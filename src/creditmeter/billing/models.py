@@ -99,6 +99,43 @@ class PlanAllocation(Base):
     invoice_id: Mapped[str | None] = mapped_column(String(40))
 
 
+class WithheldAllocation(Base):
+    """A cycle's plan allocation that the cycle close withheld because the organization was
+    suspended for non-payment when the cycle began: the full credits and fee it would have had, and
+    the lot's expiry. Nothing was granted and no fee is billed for it.
+
+    ``released_at`` and ``plan_allocation_id`` are set when the suspension ends inside that cycle
+    and the rest of the cycle is allocated then (prorated, billed like any allocation); a row whose
+    cycle ended unreleased has lapsed. One per subscription and cycle (unique), so a cycle is
+    withheld, and released, at most once."""
+
+    __tablename__ = "withheld_allocations"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "period_start"),
+        CheckConstraint("credits_micros >= 0", name="credits_not_negative"),
+        CheckConstraint("fee_minor >= 0", name="fee_not_negative"),
+        Index("ix_withheld_allocations_org_released", "organization_id", "released_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"))
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    environment: Mapped[str] = mapped_column(String(10))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    plan: Mapped[str] = mapped_column(String(40))
+    terms: Mapped[dict[str, Any]] = mapped_column(JSON)
+    credits_micros: Mapped[int] = mapped_column(BigInteger)
+    fee_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    withheld_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    plan_allocation_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("plan_allocations.id")
+    )
+
+
 class CycleClose(Base):
     """The cycle close of one organization, environment and closed period, and the last step it
     finished (``started`` → ``statement`` → ``expiry`` → ``allocation`` → ``invoice`` → ``charge``).

@@ -121,6 +121,7 @@ class PlanConfig(_Strict):
     purchase_expiry_months: Months = 12
     overage_in_arrears: bool = False
     packages_on_account: StrictBool = False  # a TOML true/false, never "yes" or 1
+    cancel_after_dunning: StrictBool = False
 
     @field_validator("credit_price")
     @classmethod
@@ -288,6 +289,7 @@ def _plan(plan_id: str, p: PlanConfig) -> Plan:
         purchase_expiry_months=p.purchase_expiry_months,
         overage_in_arrears=p.overage_in_arrears,
         packages_on_account=p.packages_on_account,
+        cancel_after_dunning=p.cancel_after_dunning,
     )
 
 

@@ -15,23 +15,23 @@ plan changes of one organization never interleave. Plan credits enter the ledger
 - Every allocation is a ``PlanAllocation`` row: its lot, and the fee it owes, for the invoice of its
   period to read. ``Subscription.allocated_through`` is the end of the last period allocated: if that
   moment has passed, the cycle close has not run yet and plan changes wait for it (409).
+- **Suspended for non-payment**: a first subscription or an upgrade (which would allocate credits
+  and owe their fee now) is refused, ``409 organization_suspended``; see ``billing.suspension``.
+  The cycle close's allocation step is ``billing.renewal``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
 
-from sqlalchemy import JSON, Table, bindparam, func, insert, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from creditmeter.billing import domain
 from creditmeter.billing.domain import Catalog, Change, Period, Rollover, Terms
-from creditmeter.billing.models import PlanAllocation, Subscription
+from creditmeter.billing.models import PlanAllocation, Subscription, WithheldAllocation
 from creditmeter.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from creditmeter.kit.db import UTCDateTime
 from creditmeter.kit.ids import new_id
 from creditmeter.ledger import service as ledger
 from creditmeter.ledger.domain import LotSource
@@ -49,6 +49,13 @@ class CustomTermsOperatorOnly(Forbidden):
     """An organization's own key asked for terms only the operator may give."""
 
     code = "custom_terms_operator_only"
+
+
+class OrganizationSuspended(Conflict):
+    """A change that would allocate credits now (and owe their fee) while the organization is
+    suspended for non-payment."""
+
+    code = "organization_suspended"
 
 
 class CycleClosePending(Conflict):
@@ -73,6 +80,8 @@ class SubscriptionState:
     pending_terms: Terms | None
     period: Period
     allocations: list[PlanAllocation]
+    #: The period's plan allocation, withheld while the organization is suspended (not released).
+    withheld: WithheldAllocation | None = None
 
 
 def desired_terms(catalog: Catalog, request: SubscriptionRequest) -> Terms:
@@ -122,20 +131,22 @@ def subscribe(
 ) -> SubscriptionState:
     """Put the organization on the plan asked for (see the module note for what happens when)."""
     terms = desired_terms(catalog, request)
-    orgs.get_organization(session, organization_id)
+    org = orgs.get_organization(session, organization_id)
     ledger.lock_balance(session, organization_id, environment)
     sub = _find(session, organization_id, environment)
     period = domain.period_of(now, catalog.zone)
     if sub is None or sub.status == CANCELED:
+        _refuse_if_suspended(org.status, organization_id)
         sub = _start(session, sub, organization_id, environment, terms, period, now)
-        _allocate(session, catalog, sub, terms, None, period, now, "initial")
+        allocate(session, catalog, sub, terms, None, period, now, "initial")
         return state(session, catalog, sub, now)
     _check_current(sub, now)
     current = Terms.from_json(sub.terms)
     change = domain.classify_change(current, terms)
     if change == Change.UPGRADE:
+        _refuse_if_suspended(org.status, organization_id)
         sub.plan, sub.terms = terms.plan, terms.to_json()
-        _allocate(session, catalog, sub, terms, current, period, now, "upgrade")
+        allocate(session, catalog, sub, terms, current, period, now, "upgrade")
         _clear_pending(sub)
     elif change == Change.SAME:
         _clear_pending(sub)
@@ -146,6 +157,17 @@ def subscribe(
     sub.updated_at = now
     session.flush()
     return state(session, catalog, sub, now)
+
+
+def _refuse_if_suspended(status: str, organization_id: str) -> None:
+    """A suspended organization accrues no new plan fees: no first subscription, no upgrade (409
+    ``organization_suspended``) until its past-due invoices are paid. Downgrades and cancellations,
+    which take effect at the next cycle, are still accepted."""
+    if status == orgs.SUSPENDED:
+        raise OrganizationSuspended(
+            f"organization {organization_id} is suspended for non-payment: pay its past-due "
+            "invoices first (POST /v1/invoices/{id}/pay), then subscribe or upgrade"
+        )
 
 
 def cancel(
@@ -191,221 +213,15 @@ def state(
         )
     )
     pending = Terms.from_json(sub.pending_terms) if sub.pending_terms else None
-    return SubscriptionState(sub, Terms.from_json(sub.terms), pending, period, allocations)
-
-
-@dataclass
-class Renewing:
-    """What the cycle close's allocation step reads and changes of one subscription (a plain row,
-    loaded with the others of its chunk in one query)."""
-
-    id: str
-    organization_id: str
-    environment: str
-    status: str
-    plan: str
-    terms: dict[str, Any]
-    allocated_through: datetime
-    pending_action: str | None
-    pending_terms: dict[str, Any] | None
-    pending_effective_at: datetime | None
-    canceled_at: datetime | None
-    updated_at: datetime
-
-
-_RENEWING = select(
-    Subscription.id,
-    Subscription.organization_id,
-    Subscription.environment,
-    Subscription.status,
-    Subscription.plan,
-    Subscription.terms,
-    Subscription.allocated_through,
-    Subscription.pending_action,
-    Subscription.pending_terms,
-    Subscription.pending_effective_at,
-    Subscription.canceled_at,
-    Subscription.updated_at,
-)
-_SUBSCRIPTIONS = cast(Table, Subscription.__table__)
-_ALLOCATIONS = cast(Table, PlanAllocation.__table__)
-_SAVE_RENEWED = (
-    update(_SUBSCRIPTIONS)
-    .where(_SUBSCRIPTIONS.c.id == bindparam("b_id"))
-    .values(
-        status=bindparam("b_status"),
-        plan=bindparam("b_plan"),
-        terms=bindparam("b_terms", type_=JSON()),
-        allocated_through=bindparam("b_allocated_through", type_=UTCDateTime()),
-        pending_action=bindparam("b_pending_action"),
-        pending_terms=bindparam("b_pending_terms", type_=JSON(none_as_null=True)),
-        pending_effective_at=bindparam("b_pending_effective_at", type_=UTCDateTime()),
-        canceled_at=bindparam("b_canceled_at", type_=UTCDateTime()),
-        updated_at=bindparam("b_updated_at", type_=UTCDateTime()),
-    )
-)
-
-
-def load_renewing(session: Session, subscription_ids: Sequence[str]) -> dict[str, Renewing]:
-    """The subscriptions with these ids, by id, in one query (per 500)."""
-    ids = sorted(set(subscription_ids))
-    found = {}
-    for start in range(0, len(ids), 500):
-        for row in session.execute(_RENEWING.where(Subscription.id.in_(ids[start : start + 500]))):
-            found[row.id] = Renewing(*row)
-    return found
-
-
-def renew_many(
-    session: Session,
-    catalog: Catalog,
-    renewing: Sequence[Renewing],
-    balances: Mapping[str, ledger.LockedBalance],
-    boundary: datetime,
-) -> dict[str, int]:
-    """The cycle close's allocation step at ``boundary`` (the start of a new cycle) for several
-    subscriptions, whose organizations' balances the caller holds locked (``balances``, by
-    organization). For each: apply a pending change or cancellation due by then, and, if it is still
-    active and was allocated exactly up to ``boundary``, allocate the new cycle in full (``kind =
-    'cycle'``, a ``plan`` lot through ``ledger.grant_many``) and move ``allocated_through`` to its
-    end. A subscription already allocated past ``boundary`` (a first subscription made inside the new
-    cycle) is left alone, so a cycle is never allocated twice; calling it again changes nothing.
-    Returns the micro-credits allocated per subscription id (0 when none)."""
-    allocated = {sub.id: 0 for sub in renewing}
-    period = domain.period_of(boundary, catalog.zone)
-    grants: list[tuple[Renewing, Terms, domain.Allocation]] = []
-    allocations: dict[Terms, domain.Allocation] = {}
-    changed = []
-    for sub in renewing:
-        if _apply_pending(sub, boundary):
-            changed.append(sub)
-        if sub.status != ACTIVE or sub.allocated_through != boundary:
-            continue
-        terms = Terms.from_json(sub.terms)
-        alloc = allocations.get(terms)
-        if alloc is None:  # the same terms allocate the same (pure): worked out once per chunk
-            alloc = allocations[terms] = domain.allocation(
-                terms, period, boundary, catalog.zone, None
-            )
-        grants.append((sub, terms, alloc))
-        sub.allocated_through = period.end
-        sub.updated_at = boundary
-        if sub not in changed:
-            changed.append(sub)
-    paid = [(sub, terms, alloc) for sub, terms, alloc in grants if alloc.credits_micros > 0]
-    lot_ids = ledger.grant_many(
-        session,
-        [
-            (
-                balances[sub.organization_id],
-                ledger.GrantRequest(
-                    amount_micros=alloc.credits_micros,
-                    source=LotSource.PLAN,
-                    reason=_reason(terms, period, "cycle", boundary, alloc.share.full),
-                    effective_at=boundary,
-                    expires_at=alloc.expires_at,
-                    cost_basis_micros=domain.cost_basis_micros(
-                        alloc.fee_minor, alloc.credits_micros, terms.currency
-                    ),
-                    currency=terms.currency,
-                ),
-            )
-            for sub, terms, alloc in paid
-        ],
-        boundary,
-    )
-    lots = {sub.id: lot_id for (sub, _, _), lot_id in zip(paid, lot_ids, strict=True)}
-    sequences = _next_sequences(session, [sub.id for sub, _, _ in grants], period)
-    if grants:
-        session.connection().execute(
-            insert(_ALLOCATIONS),
-            [
-                _allocation_row(sub, terms, alloc, period, boundary, lots.get(sub.id), sequences)
-                for sub, terms, alloc in grants
-            ],
+    withheld = session.scalars(
+        select(WithheldAllocation).where(
+            WithheldAllocation.subscription_id == sub.id,
+            WithheldAllocation.period_start == period.start,
+            WithheldAllocation.released_at.is_(None),
         )
-    if changed:
-        session.connection().execute(_SAVE_RENEWED, [_saved(sub) for sub in changed])
-    for sub, _, alloc in grants:
-        allocated[sub.id] = alloc.credits_micros
-    return allocated
-
-
-def _apply_pending(sub: Renewing, boundary: datetime) -> bool:
-    if not (
-        sub.pending_action and sub.pending_effective_at and sub.pending_effective_at <= boundary
-    ):
-        return False
-    if sub.pending_action == "cancel":
-        sub.status = CANCELED
-        sub.canceled_at = boundary
-    elif sub.pending_terms:
-        terms = Terms.from_json(sub.pending_terms)
-        sub.plan, sub.terms = terms.plan, terms.to_json()
-    sub.pending_action = sub.pending_terms = sub.pending_effective_at = None
-    sub.updated_at = boundary
-    return True
-
-
-def _next_sequences(session: Session, ids: list[str], period: Period) -> dict[str, int]:
-    """The next allocation sequence of each subscription in ``period`` (0 for the first)."""
-    found: dict[str, int] = {}
-    for start in range(0, len(ids), 500):
-        rows = session.execute(
-            select(PlanAllocation.subscription_id, func.max(PlanAllocation.sequence) + 1)
-            .where(
-                PlanAllocation.subscription_id.in_(ids[start : start + 500]),
-                PlanAllocation.period_start == period.start,
-            )
-            .group_by(PlanAllocation.subscription_id)
-        )
-        found.update({sub_id: int(sequence) for sub_id, sequence in rows})
-    return found
-
-
-def _allocation_row(
-    sub: Renewing,
-    terms: Terms,
-    alloc: domain.Allocation,
-    period: Period,
-    now: datetime,
-    lot_id: str | None,
-    sequences: dict[str, int],
-) -> dict[str, Any]:
-    return {
-        "subscription_id": sub.id,
-        "organization_id": sub.organization_id,
-        "environment": sub.environment,
-        "period_start": period.start,
-        "period_end": period.end,
-        "sequence": sequences.get(sub.id, 0),
-        "kind": "cycle",
-        "plan": terms.plan,
-        "terms": terms.to_json(),
-        "credits_micros": alloc.credits_micros,
-        "lot_id": lot_id,
-        "expires_at": alloc.expires_at,
-        "fee_minor": alloc.fee_minor,
-        "currency": terms.currency,
-        "share_remaining_us": alloc.share.remaining_us,
-        "share_total_us": alloc.share.total_us,
-        "created_at": now,
-    }
-
-
-def _saved(sub: Renewing) -> dict[str, Any]:
-    return {
-        "b_id": sub.id,
-        "b_status": sub.status,
-        "b_plan": sub.plan,
-        "b_terms": sub.terms,
-        "b_allocated_through": sub.allocated_through,
-        "b_pending_action": sub.pending_action,
-        "b_pending_terms": sub.pending_terms,
-        "b_pending_effective_at": sub.pending_effective_at,
-        "b_canceled_at": sub.canceled_at,
-        "b_updated_at": sub.updated_at,
-    }
+    ).first()
+    terms = Terms.from_json(sub.terms)
+    return SubscriptionState(sub, terms, pending, period, allocations, withheld)
 
 
 def _find(session: Session, organization_id: str, environment: str) -> Subscription | None:
@@ -469,7 +285,7 @@ def _clear_pending(sub: Subscription) -> None:
     sub.pending_effective_at = None
 
 
-def _allocate(
+def allocate(
     session: Session,
     catalog: Catalog,
     sub: Subscription,
@@ -490,7 +306,7 @@ def _allocate(
             ledger.GrantRequest(
                 amount_micros=alloc.credits_micros,
                 source=LotSource.PLAN,
-                reason=_reason(terms, period, kind, now, alloc.share.full),
+                reason=allocation_reason(terms, period, kind, now, alloc.share.full),
                 effective_at=now,
                 expires_at=alloc.expires_at,
                 cost_basis_micros=domain.cost_basis_micros(
@@ -530,7 +346,8 @@ def _allocate(
     return row
 
 
-def _reason(terms: Terms, period: Period, kind: str, at: datetime, full: bool) -> str:
+def allocation_reason(terms: Terms, period: Period, kind: str, at: datetime, full: bool) -> str:
+    """The journal description of a plan lot: which plan, which cycle, prorated from when."""
     what = "upgrade credits" if kind == "upgrade" else "plan credits"
     text = f"{terms.plan_name} {what} for {period.label}"
     if not full:
