@@ -2,7 +2,7 @@
 PostgreSQL, with a clock behind real time and one ahead of it: paying an invoice by hand (paid_at on
 the invoice, its PDF and the billing history), a declined payment by hand (the dunning schedule
 decides when an invoice is past due, never the decline itself), voiding, refunds, payment methods,
-operator grants and reversals with their credit notes."""
+operator grants and reversals, usage reversals and their credit notes."""
 
 from __future__ import annotations
 
@@ -21,9 +21,12 @@ from creditmeter.kit import clock
 from creditmeter.kit.db import Database
 from creditmeter.ledger.models import JournalTransaction, Lot
 from creditmeter.ledger.verify import verify
+from creditmeter.orgs import service as orgs
+from creditmeter.orgs.service import Environment, Scope
 from tests.api.test_bad_input import assert_problem
 from tests.api.test_test_clocks import add_card, new_clock
 from tests.conftest import utc
+from tests.metering import event
 
 Headers = dict[str, str]
 DECLINED = "4000000000000002"
@@ -249,3 +252,41 @@ def test_operator_grants_and_reversals_are_dated_by_the_clock(
     )
     assert reversed_.status_code == 201, reversed_.text
     assert reversed_.json()["created_at"] == iso(r.at(1, 21))
+
+
+def test_a_usage_reversal_and_its_credit_note_are_dated_by_the_clock(
+    client: TestClient,
+    db: Database,
+    make_key: Callable[..., Headers],
+    rehearsal: Rehearsal,
+) -> None:
+    """A January event reversed on 3 February (clock time), after January was invoiced: the
+    reversal and the credit note against January's invoice are dated 3 February on the clock."""
+    r = rehearsal
+    r.advance(r.at(1, 10))
+    ingest = make_key(r.org, "org:ingest", environment="test")
+    used = client.post("/v1/usage", json=event("jan-run", r.org, "training"), headers=ingest)
+    assert used.status_code == 201, used.text
+    r.advance(r.at(2, 3))
+    with db.write() as s:  # usage is reversed in the operator key's environment: a test one
+        _, secret = orgs.create_api_key(
+            s, None, "test operator", [Scope.OPERATOR], Environment.TEST, clock.now()
+        )
+    reversed_ = client.post(
+        r.url("usage/jan-run/reverse"),
+        json={"reason": "duplicate run"},
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    assert reversed_.status_code == 200, reversed_.text
+    assert reversed_.json()["credit_note"]
+    [note] = client.get(r.url("credit-notes?environment=test"), headers=r.operator).json()["data"]
+    assert (note["number"], note["created_at"]) == (
+        reversed_.json()["credit_note"],
+        iso(r.at(2, 3)),
+    )
+    txn = int(reversed_.json()["transaction_id"].removeprefix("txn_"))
+    with db.read() as s:
+        reversal = s.get(JournalTransaction, txn)
+        assert reversal is not None
+        assert reversal.created_at == r.at(2, 3)
+        assert verify(s) == []

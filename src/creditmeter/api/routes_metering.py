@@ -187,17 +187,18 @@ def reverse_usage(
     authorize_org(caller, org_id, ADMIN_SCOPES)
     require_operator(caller)
     with db.write() as session:
+        now = test_clocks.now_for(session, org_id)  # a clocked organization: its clock's time
         credits, txn_id = usage.reverse(
             session,
             org_id,
             caller.environment,
             event_id,
             body.reason,
-            clock.now(),
+            now,
             settings.currency,
         )
         note = credit_notes.for_usage_reversal(
-            session, org_id, caller.environment, event_id, txn_id, body.reason, clock.now()
+            session, org_id, caller.environment, event_id, txn_id, body.reason, now
         )
         billed = note.billed_micros if note is not None else 0
         number = note.number if note is not None else None
