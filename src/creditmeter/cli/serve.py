@@ -103,8 +103,8 @@ def worker(
     from creditmeter.worker.runner import Worker, tick
 
     settings = cli_settings()
+    db = open_database(settings)  # before logging is set up: the schema check has nothing to say
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    db = open_database(settings)
     if once:
         n = tick(db, settings.plans_path)
         out.print(f"expired credits of {n} organization balance(s)")
