@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from creditmeter.billing import subscriptions as subs
@@ -82,3 +83,20 @@ def test_cycle_run_summary_shows_big_amounts_whole_at_80_columns(
         summary = cli80("cycle", "run").stdout
     assert summary.count(BIG) >= 1  # the allocation of February, whole
     assert "…" not in summary
+
+
+def test_verify_shows_big_mismatched_amounts_whole_at_80_columns(
+    cli80: Callable[..., Any], db: Database, make_org: Callable[..., str]
+) -> None:
+    org = make_org("Acme AI", "acme")
+    grant(db, org, BIG)
+    with db.engine.begin() as conn:  # the stored remainder edited by hand: off by a lot
+        if db.dialect == "postgresql":
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text("UPDATE lots SET remaining_micros = 1"))
+    result = CliRunner().invoke(
+        app, ["verify"], env={"CREDITMETER_DATABASE_URL": db.url, "COLUMNS": "80"}
+    )
+    assert result.exit_code == 1
+    assert BIG in result.stdout  # what the journal says, on one line
+    assert all(len(line) <= 80 for line in result.stdout.splitlines()), result.stdout
