@@ -14,7 +14,7 @@ from tests.e2e.test_serve import _serve
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def server(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     yield from _serve(f"sqlite:///{tmp_path / 'var' / 'creditmeter.db'}", tmp_path)
 
 
@@ -29,8 +29,8 @@ def _available(base: str, key: str, org: str) -> Decimal:
     return Decimal(balance["available"])
 
 
-def test_an_ai_engine_meters_its_work_through_the_sdk(server: tuple[str, str]) -> None:
-    base, key = server
+def test_an_ai_engine_meters_its_work_through_the_sdk(server: tuple[str, str, str]) -> None:
+    base, key, _ = server
     with Client(base, key) as credits:
         before = _available(base, key, "demo-acme")
         decision = credits.authorize(
