@@ -65,8 +65,8 @@ _EXISTING_COLUMNS = (
 # subquery from being flattened into a join, which PostgreSQL without statistics (a new database, or
 # autovacuum off) planned as a hash join over every event of the environment, once per batch.
 _EXISTING_PG = text(
-    "SELECT e.* FROM unnest(CAST(:orgs AS text[]), CAST(:ids AS text[])) AS k(org, id) "
-    f"CROSS JOIN LATERAL (SELECT {_EXISTING_COLUMNS} FROM usage_events "  # noqa: S608
+    "SELECT e.* FROM unnest(CAST(:orgs AS text[]), CAST(:ids AS text[])) AS k(org, id) "  # noqa: S608 - no input in it
+    f"CROSS JOIN LATERAL (SELECT {_EXISTING_COLUMNS} FROM usage_events "
     "WHERE organization_id = k.org AND environment = :env AND event_id = k.id LIMIT 1) AS e"
 )
 _EXISTING_SQLITE: dict[int, str] = {}
