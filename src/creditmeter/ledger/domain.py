@@ -135,24 +135,36 @@ def plan_debit_sequence(
 ) -> list[DebitPlan]:
     """Split several debits, one after the other, over the same lots: each sees what the previous
     ones left. Equal to calling :func:`plan_debit` repeatedly, but sorts the lots once."""
-    order = burn_order(lots, at)
-    left_in = [lot.remaining_micros for lot in order]
-    index = 0
-    plans = []
-    for amount in amounts:
-        if amount < 0:
+    sequence = DebitSequence(lots, at)
+    return [sequence.take(amount) for amount in amounts]
+
+
+class DebitSequence:
+    """Debits planned one after another over the same lots (sorted once): each sees what the
+    previous ones left. ``available_micros`` is what the lots can still pay, so a caller can see
+    what a debit would leave to arrears before taking it, and refuse it instead."""
+
+    def __init__(self, lots: Iterable[LotState], at: datetime) -> None:
+        self._order = burn_order(lots, at)
+        self._left_in = [lot.remaining_micros for lot in self._order]
+        self._index = 0
+        self.available_micros = sum(self._left_in)
+
+    def take(self, amount_micros: int) -> DebitPlan:
+        if amount_micros < 0:
             raise ValueError("a debit is never negative")
-        left = amount
+        left = amount_micros
         takes: list[tuple[str, int]] = []
-        while left and index < len(order):
-            take = min(left, left_in[index])
-            takes.append((order[index].id, take))
+        order, left_in = self._order, self._left_in
+        while left and self._index < len(order):
+            take = min(left, left_in[self._index])
+            takes.append((order[self._index].id, take))
             left -= take
-            left_in[index] -= take
-            if left_in[index] == 0:
-                index += 1
-        plans.append(DebitPlan(takes=tuple(takes), arrears_micros=left))
-    return plans
+            left_in[self._index] -= take
+            if left_in[self._index] == 0:
+                self._index += 1
+        self.available_micros -= amount_micros - left
+        return DebitPlan(takes=tuple(takes), arrears_micros=left)
 
 
 def plan_arrears_settlement(

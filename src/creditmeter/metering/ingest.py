@@ -14,9 +14,9 @@ here commits: the caller's unit of work does.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -26,12 +26,25 @@ from sqlalchemy.orm import Session
 from creditmeter.errors import Conflict, CreditmeterError, InvalidRequest, NotFound
 from creditmeter.kit.db import bulk_insert
 from creditmeter.ledger import domain as ledger_domain
-from creditmeter.ledger.consumption import Charge, plan_consumption, release
-from creditmeter.ledger.service import LockedBalance, load_lots_of, lock_balances, lot_states
+from creditmeter.ledger.consumption import (
+    Allocation,
+    Charge,
+    Consumption,
+    plan_consumption,
+    release,
+)
+from creditmeter.ledger.service import (
+    LockedBalance,
+    TransactionDraft,
+    load_lots_of,
+    lock_balances,
+    lot_states,
+)
 from creditmeter.ledger.service import post_batch as post_journal
 from creditmeter.metering import lookups
 from creditmeter.metering.domain import EventInput, EventResult, check_window, fingerprints
 from creditmeter.metering.gate import lapsed_hold_micros
+from creditmeter.metering.limits import ProjectMonths
 from creditmeter.metering.models import Hold, ProjectUsage
 from creditmeter.metering.rows import EVENT_COLUMNS, RowBuilder, allocation_json, breakdown
 from creditmeter.orgs.models import Member, Project
@@ -64,6 +77,10 @@ class _Priced:
     row: tuple[Any, ...] | None = None
     #: Why the event cannot apply (an unknown project or member), found before the lock.
     error: CreditmeterError | None = None
+
+    @property
+    def credits_micros(self) -> int:
+        return self.price.total_micros
 
 
 @dataclass
@@ -216,10 +233,27 @@ def ingest(
 
 @dataclass(slots=True)
 class _OrgWork:
+    """One organization's applied events, their allocations, the journal transactions to post and
+    which of them each event belongs to."""
+
     balance: LockedBalance
     accepted: list[_Priced]
-    allocations: list[Any]
-    draft: Any
+    allocations: list[Allocation]
+    drafts: list[TransactionDraft]
+    draft_of: list[int | None]
+
+    @classmethod
+    def of(cls, balance: LockedBalance, screened: list[_Priced], planned: Consumption) -> _OrgWork:
+        kept = [k for k in range(len(screened)) if k not in planned.refused]
+        draft_of = [planned.draft_of[k] for k in kept]
+        counts = Counter(d for d in draft_of if d is not None)
+        drafts = [
+            replace(draft, description=f"usage: {counts[d]} event(s)")
+            for d, draft in enumerate(planned.drafts)
+        ]
+        allocations = [a for k in kept if (a := planned.allocations[k]) is not None]
+        assert len(allocations) == len(kept)  # a charge is refused exactly when it has none
+        return cls(balance, [screened[k] for k in kept], allocations, drafts, draft_of)
 
 
 def apply(
@@ -238,6 +272,7 @@ def apply(
     items = [i for org in org_ids for i in by_org[org]]
     existing = lookups.existing_events(session, env, [(i.org_id, i.event.id) for i in items])
     holds = lookups.holds(session, org_ids, env, {i.event.hold for i in items if i.event.hold})
+    months = ProjectMonths(session, env, items)  # one read, only when events name projects
     work: dict[str, _OrgWork] = {}
     for org_id in org_ids:
         balance = balances.get(org_id)
@@ -251,21 +286,24 @@ def apply(
         accepted, settling = _screen(org_id, by_org[org_id], existing, holds, other)
         if not accepted:
             continue
-        _settle_holds(session, balance, holds, settling, now)
         charges = [Charge(i.price.total_micros, i.event.operation) for i in accepted]
-        draft, allocations = plan_consumption(
-            session, balance, charges, f"usage: {len(accepted)} event(s)", now
+        planned = plan_consumption(
+            session, balance, charges, "usage", now, admit=months.admit(accepted)
         )
-        work[org_id] = _OrgWork(balance, accepted, allocations, draft)
-    posted = post_journal(
-        session, [(w.balance, [w.draft] if w.draft else []) for w in work.values()], now
-    )
+        for k, error in planned.refused.items():  # past a limit: refused alone, nothing written
+            event = accepted[k].event
+            other[accepted[k].index] = EventResult.rejected(event.id, error)
+            if event.hold is not None:
+                settling.pop(event.hold, None)
+        _settle_holds(session, balance, holds, settling, now)
+        work[org_id] = _OrgWork.of(balance, accepted, planned)
+    posted = post_journal(session, [(w.balance, w.drafts) for w in work.values()], now)
     rows = []
     alloc_json: dict[Any, str] = {}
     for w, txn_ids in zip(work.values(), posted, strict=True):
-        txn = txn_ids[0] if txn_ids else None
-        for i, a in zip(w.accepted, w.allocations, strict=True):
+        for i, a, d in zip(w.accepted, w.allocations, w.draft_of, strict=True):
             assert i.row is not None
+            txn = None if d is None else txn_ids[d]
             rows.append((*i.row, txn, allocation_json(a, alloc_json)))
     bulk_insert(session, "usage_events", EVENT_COLUMNS, rows)
     accepted_all = [i for w in work.values() for i in w.accepted]
