@@ -35,7 +35,7 @@ INFERENCE = {"input_tokens": "1200", "output_tokens": "300"}
 
 @dataclass(frozen=True)
 class Result:
-    """One benchmark figure against its same-run baseline and the issue's target."""
+    """One benchmark figure against its same-run baseline and its target."""
 
     name: str
     figure: float

@@ -1,5 +1,5 @@
 """The monthly cycle close for many organizations, in-process, versus one raw aggregation query over the
-same usage events (issue 4, item 12).
+same usage events.
 
 creditmeter side: a scratch database (a SQLite file or a PostgreSQL database, migrated to head) with N
 organizations (default 10,000; ``--quick`` 1,000), each with two projects, a sandbox card

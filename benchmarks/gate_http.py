@@ -8,7 +8,7 @@ id per request from a per-thread counter. Without wrk the script falls back to a
 load generator and says so: that one spends CPU of its own on the same two cores, so its figures are
 lower and only its ratios are meaningful.
 
-Targets (issue 3): authorize at least 0.8x the trivial endpoint's requests/s with p99 at most 5 ms;
+Targets: authorize at least 0.8x the trivial endpoint's requests/s with p99 at most 5 ms;
 single-event usage at least 0.5x.
 """
 

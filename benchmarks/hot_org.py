@@ -8,7 +8,7 @@ question is whether one busy organization costs more than eight: lock waits, ret
 critical section per organization. The two loads alternate twice (hot, spread, spread, hot) so drift on a
 shared machine falls on both alike.
 
-Target (issue 3): the hot organization at least 0.8x the spread load's events/s.
+Target: the hot organization at least 0.8x the spread load's events/s.
 """
 
 from __future__ import annotations

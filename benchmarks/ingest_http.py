@@ -14,7 +14,7 @@ with the driver directly, no HTTP, no JSON, no pricing, no journal and no idempo
 - PostgreSQL (``psycopg``): per 1,000 events, one ``executemany`` INSERT of the events plus one guarded
   UPDATE per organization, in one transaction.
 
-Targets (issue 3): at least 0.6x the baseline on SQLite and 0.5x on PostgreSQL. Afterwards the run is
+Targets: at least 0.6x the baseline on SQLite and 0.5x on PostgreSQL. Afterwards the run is
 checked: every event answered ``applied``, ``usage_events`` holds exactly N rows, the credits debited
 equal the credits the responses reported, and ``creditmeter verify`` exits 0.
 """

@@ -1,5 +1,5 @@
 """Run every benchmark (``make bench``); each prints its figure, a baseline measured in the same run, the
-ratio, the issue's target and PASS or MISS, and a summary table closes the run.
+ratio, the target and PASS or MISS, and a summary table closes the run.
 
 ``--quick`` (``make bench QUICK=1``) runs every benchmark at a small scale in a few minutes; without it
 the scales are the issues' (1M events per ingest run; 10,000 organizations and 1M events for the cycle

@@ -1,4 +1,4 @@
-"""Billing: plans and packages (operator configuration), billing periods and subscriptions.
+"""Billing: plans and packages, subscriptions, the monthly cycle close, invoices, payments and collection.
 
 Design note.
 
@@ -16,6 +16,15 @@ Design note.
   only through ``ledger.service.grant`` as ``plan`` lots; every allocation is recorded with the fee it
   owes (``plan_allocations``) for the invoice of its period. Services never commit.
 
-Still to come (issue 4): the cycle close (expiry, allocation, pending changes), invoices, payments,
-purchases, auto top-up, dunning, credit notes and test clocks. See docs/billing.md.
+- **The cycle close** (``cycle.py``, ``statements.py``, ``renewal.py``): boundary by boundary, in
+  chunks of organizations, one transaction per step per chunk (statement, expiry and overage,
+  allocation, invoice, charge), each step recorded per organization so a rerun resumes; a suspended
+  organization's allocation is withheld and released once when it pays (``suspension.py``).
+- **Invoices and credit notes** (``invoices.py``, ``pdf.py``, ``credit_notes.py``,
+  ``credit_note_pdf.py``); **payments** (``payments/``: the provider interface, the sandbox and
+  Stripe); **purchases**, **refunds**, guarded **auto top-up** and **dunning**.
+- **Time**: a test-environment organization may live on a test clock (``test_clocks.py``); every
+  billing action for it happens at its clock's time (``org_time.py``).
+
+See docs/billing.md.
 """

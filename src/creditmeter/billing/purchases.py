@@ -58,7 +58,7 @@ from creditmeter.orgs import service as orgs
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 CHARGE, ON_ACCOUNT = "charge", "on_account"
-#: Purchased lots take the default priority (DESIGN.md §2: all lots share it unless the operator
+#: Purchased lots take the default priority (docs/ledger.md: all lots share it unless the operator
 #: sets another).
 PURCHASE_PRIORITY = 100
 

@@ -2,7 +2,7 @@
 
 No I/O here. Amounts are integer micro-credits.
 
-Burn order (DESIGN.md §2 "Grant"): lower ``priority`` first; then the soonest ``expires_at``, lots that
+Burn order (docs/ledger.md): lower ``priority`` first; then the soonest ``expires_at``, lots that
 never expire last; then promotional credits before everything else (paid, plan and adjustment lots);
 then the oldest lot; the lot id breaks any remaining tie so the order is total.
 """

@@ -45,7 +45,7 @@ UNITS = {
     "input_tokens": "token",
     "output_tokens": "token",
 }
-#: The order in which breakdown lines are built (DESIGN.md §2 "Rate card").
+#: The order in which breakdown lines are built (docs/metering.md, "The rate card").
 LINE_ORDER = ("base", "dimensions", "instance_class", "off_peak", "cache_hit", "minimum_charge")
 
 #: Exact arithmetic: a result that would need rounding (or overflow) raises instead of rounding.
