@@ -2,7 +2,7 @@
 ratio, the target and PASS or MISS, and a summary table closes the run.
 
 ``--quick`` (``make bench QUICK=1``) runs every benchmark at a small scale in a few minutes; without it
-the scales are the issues' (1M events per ingest run; 10,000 organizations and 1M events for the cycle
+the scales are the full ones (1M events per ingest run; 10,000 organizations and 1M events for the cycle
 close; the soak sends 10M events over HTTP to each database and compares its last 1M with its first
 1M, and its peak RSS at 10M with that at 1M). See docs/performance.md.
 """
