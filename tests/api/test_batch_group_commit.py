@@ -217,3 +217,54 @@ def test_a_failing_batch_does_not_fail_the_batches_it_was_grouped_with(
             assert response.status_code == 200, response.text
             assert {r["status"] for r in response.json()["results"]} == {"applied"}
     assert_clean(db)
+
+
+def test_a_failed_clock_transaction_leaves_the_committed_events_answered_as_applied(
+    client: Any,
+    db: Database,
+    operator: Headers,
+    make_org: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An operator's batch over a clocked and an unclocked organization is one transaction per
+    clock. When the second fails after the first committed, the answer is still 200: the committed
+    events say applied, the others carry the failure, and sending the batch again completes it."""
+    from creditmeter.orgs import service as orgs
+    from creditmeter.orgs.service import Environment, Scope
+    from tests.api.test_test_clocks import new_clock
+
+    clocked, real = make_org("On a clock"), make_org("On real time")
+    clock_id = new_clock(client, operator, "2027-01-10T00:00:00Z")
+    attached = client.post(
+        f"/v1/organizations/{clocked}/test-clock", json={"test_clock": clock_id}, headers=operator
+    )
+    assert attached.status_code < 300, attached.text
+    with db.write() as session:
+        _, secret = orgs.create_api_key(
+            session, None, "test operator", [Scope.OPERATOR], Environment.TEST, clock.now()
+        )
+    test_operator = {"Authorization": f"Bearer {secret}"}
+    body = {"events": [_batch("r", real, 2)["events"][0], _batch("k", clocked, 1)["events"][0]]}
+    real_apply = usage_batch.apply
+
+    def apply(session: Any, ctx: Any, prepared: Any) -> Any:
+        if clocked in prepared.by_org:
+            raise RuntimeError("the database refused the transaction")
+        return real_apply(session, ctx, prepared)
+
+    monkeypatch.setattr(usage_batch, "apply", apply)
+    first = client.post("/v1/usage/batch", json=body, headers=test_operator)
+    assert first.status_code == 200, first.text
+    assert [
+        (r["id"], r["status"], r.get("error", {}).get("code")) for r in first.json()["results"]
+    ] == [
+        ("r-0", "applied", None),
+        ("k-0", "rejected", "internal_error"),
+    ]
+    monkeypatch.setattr(usage_batch, "apply", real_apply)
+    again = client.post("/v1/usage/batch", json=body, headers=test_operator)
+    assert [(r["id"], r["status"]) for r in again.json()["results"]] == [
+        ("r-0", "duplicate"),
+        ("k-0", "applied"),
+    ]
+    assert_clean(db)

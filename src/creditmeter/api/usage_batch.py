@@ -4,6 +4,7 @@ result per event in request order."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,10 +15,13 @@ from creditmeter.api.group_commit import GroupCommit
 from creditmeter.api.jsonio import is_text
 from creditmeter.api.problems import problem_body, validation_errors
 from creditmeter.api.schemas_metering import parse_events
+from creditmeter.errors import CreditmeterError
 from creditmeter.kit.credits import format_credits
 from creditmeter.kit.db import Database
 from creditmeter.metering.domain import EventInput
 from creditmeter.metering.ingest import IngestContext, apply, prepare, resolve
+
+log = logging.getLogger(__name__)
 
 Row = tuple[str, str, int | None, Any]
 
@@ -26,18 +30,37 @@ def _write(db: Database, ctx: IngestContext, valid: list[EventInput]) -> list[Ro
     """Ingest valid events in one write transaction (one per test clock's organization among an
     operator key's events); ``(id, status, credits_micros, error)`` per event, in order."""
     groups = by_clock(db, ctx, valid)  # one group, unless an operator key sends clocked events
+    if len(groups) == 1:
+        return _write_group(db, ctx, valid)
+    # One transaction per clock: once one has committed, a failure of another must not turn the
+    # whole answer into an error (the committed events would look unwritten). Its events are
+    # answered with the failure, each, and the batch can be sent again (the rest are duplicates).
     rows: list[Any] = [None] * len(valid)
     for group_ctx, indexes in groups:
-        events = valid if len(groups) == 1 else [valid[i] for i in indexes]
-        prepared = prepare(group_ctx, events)  # pure: outside the transaction and every lock
-        with db.write() as session:
-            resolve(session, group_ctx, prepared)
-            applied = apply(session, group_ctx, prepared)
-        if len(groups) == 1:
-            return applied.summary()
-        for i, row in zip(indexes, applied.summary(), strict=True):
+        events = [valid[i] for i in indexes]
+        try:
+            written = _write_group(db, group_ctx, events)
+        except Exception:
+            log.exception("a usage batch's transaction for one test clock failed")
+            written = [(e.id, "rejected", None, _NOT_WRITTEN) for e in events]
+        for i, row in zip(indexes, written, strict=True):
             rows[i] = row
     return rows
+
+
+_NOT_WRITTEN = CreditmeterError(
+    "this event was not written: the transaction failed and was rolled back; send it again",
+    code="internal_error",
+    status_code=500,
+)
+
+
+def _write_group(db: Database, ctx: IngestContext, events: list[EventInput]) -> list[Row]:
+    prepared = prepare(ctx, events)  # pure: outside the transaction and every lock
+    with db.write() as session:
+        resolve(session, ctx, prepared)
+        applied = apply(session, ctx, prepared)
+    return applied.summary()
 
 
 def _write_merged(
