@@ -22,6 +22,17 @@ from creditmeter.kit.migrate import SchemaNotCurrent, require_current
 _database_url: str | None = None
 
 
+def out() -> Console:
+    """A console on stdout, sized when it prints (``COLUMNS`` or the terminal): a console made once
+    at import would keep the width of that moment for every later command."""
+    return Console()
+
+
+def err() -> Console:
+    """A console on stderr, sized when it prints (see :func:`out`)."""
+    return Console(stderr=True)
+
+
 def use_database_url(url: str | None) -> None:
     """Called by the root command with ``--database-url`` (or None): every command of this
     invocation then uses it instead of ``CREDITMETER_DATABASE_URL``."""
@@ -53,7 +64,7 @@ def describe_database(url: str) -> str:
 
 def say_database(url: str) -> None:
     """Tell, on stderr, which database this command uses (stdout stays the result alone)."""
-    Console(stderr=True).print(
+    err().print(
         f"[dim]database: {escape(describe_database(url))}[/dim]", soft_wrap=True, highlight=False
     )
 
@@ -67,14 +78,14 @@ def open_database(settings: Settings | None = None) -> Database:
     try:
         require_current(url)
     except ArgumentError as exc:
-        Console(stderr=True).print(
+        err().print(
             f"[red]error[/red] (database_not_ready): {escape(str(exc))}; a database URL looks like "
             "sqlite:///var/creditmeter.db or postgresql+psycopg://user:password@host/db",
             soft_wrap=True,
         )
         raise typer.Exit(2) from exc
     except SchemaNotCurrent as exc:
-        Console(stderr=True).print(f"[red]error[/red] (database_not_ready): {exc}", soft_wrap=True)
+        err().print(f"[red]error[/red] (database_not_ready): {exc}", soft_wrap=True)
         raise typer.Exit(2) from exc
     return Database(url)
 

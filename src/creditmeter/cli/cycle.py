@@ -6,13 +6,12 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from creditmeter.billing import cycle, domain
 from creditmeter.billing.plans import PlansError, load_catalog
-from creditmeter.cli.common import amount_column, cli_settings, open_database
+from creditmeter.cli.common import amount_column, cli_settings, err, open_database, out
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit import clock
 from creditmeter.kit.credits import format_credits
@@ -22,8 +21,6 @@ cycle_app = typer.Typer(
     help="The monthly billing cycle: close each month for every subscribed organization.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
 
 
 def _as_of(value: str | None) -> datetime:
@@ -73,7 +70,7 @@ def run(
     try:
         catalog = load_catalog(settings.plans_path)
     except PlansError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
+        err().print(f"[red]error[/red] ({exc.code}): {exc.detail}")
         raise typer.Exit(2) from exc
     db = open_database(settings)
     with db.read() as session:
@@ -82,18 +79,18 @@ def run(
             try:
                 org_id = orgs.resolve_organization(session, org).id
             except CreditmeterError as exc:
-                err.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
+                err().print(f"[red]error[/red] ({exc.code}): {exc.detail}")
                 raise typer.Exit(3) from exc
         work = cycle.due(session, catalog, moment, org_id)
     if not work:
-        out.print(f"nothing to close as of {moment:%Y-%m-%dT%H:%M:%SZ}")
+        out().print(f"nothing to close as of {moment:%Y-%m-%dT%H:%M:%SZ}")
         return
     with Progress(
         TextColumn("closing billing cycles"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=err,
+        console=err(),
         transient=True,
     ) as progress:
         task = progress.add_task("close", total=len(work))
@@ -125,4 +122,4 @@ def _summary(results: list[cycle.CloseResult]) -> None:
             f"{r.currency} {domain.format_money(r.total_minor, r.currency)}" if r.currency else "-",
             "[green]ok[/green]" if r.ok else f"[red]{r.error}[/red]",
         )
-    out.print(table)
+    out().print(table)

@@ -6,18 +6,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from creditmeter.cli.common import open_database
+from creditmeter.cli.common import err, open_database, out
 from creditmeter.kit import clock, outbox
 from creditmeter.kit.db import Database
 
 jobs_app = typer.Typer(
     help="Background jobs (the outbox): counts, dead jobs, retrying one.", no_args_is_help=True
 )
-out = Console()
-err = Console(stderr=True)
 
 
 def _database() -> Database:
@@ -36,7 +33,7 @@ def status() -> None:
     table = Table("kind", *outbox.STATES)
     for kind in sorted({k for k, _ in counts}):
         table.add_row(kind, *[str(counts.get((kind, state), 0)) for state in outbox.STATES])
-    out.print(table if counts else "no jobs")
+    out().print(table if counts else "no jobs")
     if any(state == outbox.DEAD for _, state in counts):
         raise typer.Exit(1)
 
@@ -53,7 +50,7 @@ def dead(
     finally:
         db.dispose()
     if not rows:
-        out.print("no dead jobs")
+        out().print("no dead jobs")
     for job in rows:  # one line each, the error in full on the next (errors are long)
         where = f" {job.organization_id} ({job.environment})" if job.organization_id else ""
         died = job.done_at.isoformat() if job.done_at else "?"
@@ -71,8 +68,8 @@ def retry(job_id: Annotated[int, typer.Argument(help="The id of a dead job.")]) 
     finally:
         db.dispose()
     if not retried:
-        err.print(
+        err().print(
             f"job {job_id} is not dead (or a job with its key is pending and will do its work)"
         )
         raise typer.Exit(4)
-    out.print(f"job {job_id} is pending again")
+    out().print(f"job {job_id} is pending again")

@@ -12,12 +12,18 @@ from enum import StrEnum
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from creditmeter import __version__
-from creditmeter.cli.common import amount_column, cli_settings, open_database, use_database_url
+from creditmeter.cli.common import (
+    amount_column,
+    cli_settings,
+    err,
+    open_database,
+    out,
+    use_database_url,
+)
 from creditmeter.cli.cycle import cycle_app
 from creditmeter.cli.jobs import jobs_app
 from creditmeter.cli.serve import db_upgrade, serve, worker
@@ -51,9 +57,6 @@ app.command()(serve)
 app.command()(worker)
 db_app.command("upgrade")(db_upgrade)
 
-out = Console()
-err = Console(stderr=True)
-
 
 class OrgScope(StrEnum):
     """The scopes an organization key may have (operator keys are made with --operator)."""
@@ -67,7 +70,7 @@ EXIT_CODES = {422: 2, 400: 2, 404: 3, 409: 4, 401: 5, 403: 5}
 
 
 def _fail(exc: CreditmeterError) -> NoReturn:
-    err.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
+    err().print(f"[red]error[/red] ({exc.code}): {exc.detail}")
     raise typer.Exit(EXIT_CODES.get(exc.status_code, 1))
 
 
@@ -116,7 +119,7 @@ def _root(
     ] = None,
 ) -> None:
     if version:
-        out.print(f"creditmeter {__version__}")
+        out().print(f"creditmeter {__version__}")
         raise typer.Exit()
     use_database_url(database_url)
 
@@ -135,7 +138,7 @@ def verify() -> None:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=err,
+            console=err(),
             transient=True,
         ) as progress,
     ):
@@ -146,7 +149,7 @@ def verify() -> None:
 
         mismatches = verify_ledger(session, report, extra_checks=METERING_CHECKS)
     if not mismatches:
-        out.print(
+        out().print(
             "[green]ledger verified[/green]: every transaction sums to zero, touches one "
             "organization, and every balance equals its journal."
         )
@@ -158,7 +161,7 @@ def verify() -> None:
         table.add_column(column, no_wrap=True, overflow="ignore")
     for m in mismatches:
         table.add_row(m.check, m.organization_id, m.subject, m.expected, m.actual)
-    out.print(table)
+    out().print(table)
     raise typer.Exit(1)
 
 
@@ -174,7 +177,7 @@ def org_create(
             org = orgs.create_organization(session, name, external_id, clock.now())
     except CreditmeterError as exc:
         _fail(exc)
-    out.print(org.id)
+    out().print(org.id)
 
 
 @org_app.command("list")
@@ -201,7 +204,7 @@ def org_list(
                 format_credits(b.available_micros),
                 format_credits(b.arrears_micros),
             )
-    out.print(table)
+    out().print(table)
 
 
 @app.command()
@@ -237,7 +240,7 @@ def grant(
             lot_id = ledger.grant(session, org.id, environment.value, request, now)
     except CreditmeterError as exc:
         _fail(exc)
-    out.print(lot_id)
+    out().print(lot_id)
 
 
 @app.command()
@@ -255,8 +258,8 @@ def balance(
     except CreditmeterError as exc:
         _fail(exc)
     state = "[red]paused[/red]" if view.paused else "[green]active[/green]"
-    out.print(f"{org.name} ({org.id}) {environment.value}: {state}")
-    out.print(
+    out().print(f"{org.name} ({org.id}) {environment.value}: {state}")
+    out().print(
         f"available {format_credits(view.available_micros)}   "
         f"arrears {format_credits(view.arrears_micros)}   "
         f"held {format_credits(view.held_micros)}"
@@ -277,7 +280,7 @@ def balance(
             f"{lot.effective_at:%Y-%m-%d %H:%M}",
             f"{lot.expires_at:%Y-%m-%d %H:%M}" if lot.expires_at else "never",
         )
-    out.print(table)
+    out().print(table)
 
 
 @key_app.command("create")
@@ -310,7 +313,7 @@ def key_create(
             )
     except CreditmeterError as exc:
         _fail(exc)
-    err.print(
+    err().print(
         f"[dim]created {key.id} ({', '.join(key.scopes)}); store the key now, it is not "
         f"shown again[/dim]"
     )
@@ -333,7 +336,7 @@ def key_revoke(
             key = orgs.revoke_api_key(session, owner, key_id, clock.now())
     except CreditmeterError as exc:
         _fail(exc)
-    out.print(f"revoked {key.id}")
+    out().print(f"revoked {key.id}")
 
 
 def main() -> None:

@@ -8,14 +8,10 @@ import os
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from creditmeter.cli.common import cli_settings, open_database, say_database
+from creditmeter.cli.common import cli_settings, err, open_database, out, say_database
 from creditmeter.kit.db import Database
 from creditmeter.kit.migrate import upgrade
-
-out = Console()
-err = Console(stderr=True)
 
 
 def serve(
@@ -91,9 +87,11 @@ def _print_demo(db: Database, host: str, port: int) -> None:
     from creditmeter.pricing.ratecard import load_rate_card
 
     settings = cli_settings()
-    err.print("seeding the demo organizations…", style="dim")
+    err().print("seeding the demo organizations…", style="dim")
     keys = seed(db, clock.now(), load_rate_card(settings.rate_card_path), settings.plans_path)
-    err.print(banner(keys, f"http://{host}:{port}"), soft_wrap=True, highlight=False, markup=False)
+    err().print(
+        banner(keys, f"http://{host}:{port}"), soft_wrap=True, highlight=False, markup=False
+    )
 
 
 def worker(
@@ -107,7 +105,7 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if once:
         n = tick(db, settings.plans_path)
-        out.print(f"expired credits of {n} organization balance(s)")
+        out().print(f"expired credits of {n} organization balance(s)")
         return
     w = Worker(db, settings.worker_interval_seconds, settings.plans_path)
     w.run()
@@ -126,4 +124,4 @@ def db_upgrade(
     with db.read() as session:
         current = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
     db.dispose()
-    out.print(f"database is at revision {current}")
+    out().print(f"database is at revision {current}")
