@@ -6,9 +6,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
-from creditmeter.api.schemas import PositiveCredits, Request
+from creditmeter.api.schemas import PositiveCredits, Request, checked_text
 
 MAX_ROLLOVER_CYCLES = 120
 
@@ -122,7 +129,9 @@ class PackagesOut(BaseModel):
 
 
 class SubscriptionIn(Request):
-    plan: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    plan: Annotated[
+        str, StringConstraints(min_length=1, max_length=40), AfterValidator(checked_text)
+    ]
     allocation_credits: PositiveCredits | None = Field(
         default=None, description="Plans with custom terms only (enterprise)."
     )

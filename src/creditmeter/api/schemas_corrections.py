@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from creditmeter.api.schemas import Request, Timestamp
+from creditmeter.api.schemas import Request, Timestamp, checked_text
 from creditmeter.api.schemas_billing import Money
 
 
@@ -54,7 +54,12 @@ class CreditNotePage(BaseModel):
 class TestClockCreate(Request):
     __test__ = False
     frozen_time: Timestamp
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    name: (
+        Annotated[
+            str, StringConstraints(min_length=1, max_length=200), AfterValidator(checked_text)
+        ]
+        | None
+    ) = None
 
 
 class TestClockAdvance(Request):
@@ -64,7 +69,9 @@ class TestClockAdvance(Request):
 
 class TestClockAttach(Request):
     __test__ = False
-    test_clock: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    test_clock: Annotated[
+        str, StringConstraints(min_length=1, max_length=40), AfterValidator(checked_text)
+    ]
 
 
 class TestClockOut(BaseModel):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from creditmeter.api.schemas import Reason, Request
+from creditmeter.api.schemas import Reason, Request, checked_text
 from creditmeter.api.schemas_billing import Money
 from creditmeter.api.schemas_corrections import CreditNoteOut
 
@@ -112,9 +112,10 @@ class InvoiceVoidIn(Request):
 
 
 class InvoicePayIn(Request):
-    payment_method: Annotated[str, StringConstraints(min_length=1, max_length=40)] | None = Field(
-        default=None, description="A payment method id; default: the organization's default."
-    )
+    payment_method: (
+        Annotated[str, StringConstraints(min_length=1, max_length=40), AfterValidator(checked_text)]
+        | None
+    ) = Field(default=None, description="A payment method id; default: the organization's default.")
 
 
 class InvoicePage(BaseModel):

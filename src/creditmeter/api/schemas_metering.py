@@ -298,7 +298,11 @@ class BudgetOut(BaseModel):
 
 
 class ReverseUsageIn(Request):
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    reason: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+        AfterValidator(checked_text),
+    ]
 
 
 class ReverseUsageOut(BaseModel):

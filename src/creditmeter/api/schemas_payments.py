@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StrictInt, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, Field, StrictInt, StringConstraints, model_validator
 
-from creditmeter.api.schemas import PositiveCredits, Request
+from creditmeter.api.schemas import PositiveCredits, Request, checked_text
 from creditmeter.api.schemas_billing import CreditPrice, Money
 
 Token = Annotated[
@@ -20,8 +20,12 @@ Token = Annotated[
         description="A token from the processor: tok_… or pm_… (Stripe.js; sandbox test tokens)."
     ),
 ]
-PackageId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
-ObjectId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+PackageId = Annotated[
+    str, StringConstraints(min_length=1, max_length=40), AfterValidator(checked_text)
+]
+ObjectId = Annotated[
+    str, StringConstraints(min_length=1, max_length=40), AfterValidator(checked_text)
+]
 
 
 class CardIn(Request):
@@ -160,7 +164,9 @@ class RefundIn(Request):
         description="How much to refund, in minor units; default: everything not yet refunded.",
     )
     reason: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+        AfterValidator(checked_text),
     ] = Field(description="Why (kept with the refund and in the ledger).")
 
 
