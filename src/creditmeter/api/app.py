@@ -24,6 +24,7 @@ from creditmeter.api import (
 )
 from creditmeter.api.deps import json_body
 from creditmeter.api.limits import BodySizeLimit
+from creditmeter.api.nul_paths import RefuseNulPaths
 from creditmeter.api.org_refs import OrgRefs
 from creditmeter.api.problems import problem
 from creditmeter.config import Settings
@@ -57,7 +58,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.rate_card = load_rate_card(settings.rate_card_path)
     problems.install(app)
     app.add_middleware(BodySizeLimit)
-    app.add_middleware(OrgRefs)  # /v1/organizations/{external_id}/… (outermost: before routing)
+    app.add_middleware(OrgRefs)  # /v1/organizations/{external_id}/… (before routing)
+    app.add_middleware(RefuseNulPaths)  # a path holding NUL names nothing (outermost)
     app.include_router(routes_orgs.router, dependencies=[Depends(json_body)])
     app.include_router(routes_ledger.router, dependencies=[Depends(json_body)])
     app.include_router(routes_metering.router, dependencies=[Depends(json_body)])
