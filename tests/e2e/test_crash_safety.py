@@ -275,3 +275,86 @@ def test_a_killed_server_applies_every_resent_event_exactly_once(
         assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         server.stop()
+
+
+def test_concurrent_clients_sharing_transactions_survive_two_kills_exactly_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Four clients send batches at the same time, so the server writes several of them in one
+    transaction (group commit); the server is SIGKILLed twice while they send. Each client retries
+    a batch until it is answered, as a client would. Afterwards every event is recorded once, a
+    resend of everything answers all duplicates with the credits first answered, and the balances
+    are the grants minus the recorded credits."""
+    server = Server(database_url, tmp_path / "serve.log")
+    server.start()
+    try:
+        created = _cli(database_url, "api-key", "create", "--operator", "--name", "crash test")
+        assert created.returncode == 0, created.stderr
+        headers = {"Authorization": f"Bearer {created.stdout.strip().splitlines()[-1]}"}
+        granted: dict[str, int] = {}
+        with httpx.Client(base_url=server.base, headers=headers, timeout=30) as http:
+            for n in range(3):
+                org = http.post("/v1/organizations", json={"name": f"busy org {n}"}).json()["id"]
+                lot = http.post(
+                    f"/v1/organizations/{org}/grants",
+                    json={"credits": GRANT, "source": "purchase", "reason": "crash test"},
+                )
+                assert lot.status_code == 201, lot.text
+                granted[org] = parse_credits(GRANT)
+        batches = [{"events": batch["events"][:100]} for batch in _batches(list(granted)) * 4]
+        for n, batch in enumerate(batches):
+            batch["events"] = [{**e, "id": f"{n}-{e['id']}"} for e in batch["events"]]
+        answered: dict[int, list[dict[str, Any]]] = {}
+        live = {"base": server.base}
+
+        def client(first: int) -> None:
+            with httpx.Client(headers=headers, timeout=60) as http:
+                for index in range(first, len(batches), 4):
+                    for _ in range(600):
+                        try:
+                            r = http.post(f"{live['base']}/v1/usage/batch", json=batches[index])
+                        except httpx.TransportError:
+                            time.sleep(0.05)  # the server is down: try again
+                            continue
+                        assert r.status_code == 200, r.text
+                        answered[index] = r.json()["results"]
+                        break
+
+        clients = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+        for t in clients:
+            t.start()
+        for _ in range(2):
+            deadline = time.monotonic() + 60
+            target = len(answered) + 15
+            while len(answered) < target and time.monotonic() < deadline:
+                time.sleep(0.005)
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait(timeout=10)
+            server.start()
+            live["base"] = server.base
+        for t in clients:
+            t.join(timeout=300)
+        assert len(answered) == len(batches)
+
+        consumed: dict[str, int] = defaultdict(int)
+        with httpx.Client(base_url=server.base, headers=headers, timeout=60) as http:
+            for index, body in enumerate(batches):
+                again = http.post("/v1/usage/batch", json=body).json()["results"]
+                assert {r["status"] for r in again} == {"duplicate"}, index
+                assert [r["credits"] for r in again] == [r["credits"] for r in answered[index]]
+                for event, result in zip(body["events"], again, strict=True):
+                    consumed[event["organization"]] += parse_credits(result["credits"])
+            for org, grant in granted.items():
+                balance = http.get(f"/v1/organizations/{org}/balance").json()
+                assert parse_credits(balance["available"]) == grant - consumed[org], balance
+        db = Database(database_url)
+        try:
+            with db.read() as s:
+                total = s.execute(text("SELECT count(*) FROM usage_events")).scalar_one()
+        finally:
+            db.dispose()
+        assert total == sum(len(b["events"]) for b in batches)
+        verified = _cli(database_url, "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        server.stop()
