@@ -117,8 +117,8 @@ def _takes_code(tree: ast.Module) -> tuple[set[str], dict[str, int]]:
     defined: set[str] = set()
     found: dict[str, int] = {}
     for node in ast.walk(tree):
-        owners: list[tuple[str, ast.FunctionDef, int]] = []
-        if isinstance(node, ast.FunctionDef):
+        owners: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef, int]] = []
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             owners.append((node.name, node, 0))
         elif isinstance(node, ast.ClassDef):
             defined.add(node.name)
@@ -272,7 +272,7 @@ def test_the_collector_sees_each_way_a_code_is_written() -> None:
     for code, where in {
         "not_found": "errors.py",  # a class attribute
         "insufficient_scope": "api/deps.py",  # code= keyword
-        "payload_too_large": "api/limits.py",  # problem_body(413, "payload_too_large", ...)
+        "payload_too_large": "api/limits.py",  # send_problem(send, 413, "payload_too_large", ...)
         "database_unavailable": "api/app.py",  # problem(503, ...)
         "json_too_deep": "api/jsonio.py",  # code = "..." then passed on
         "invalid_expiry_month": "billing/payments/cards.py",  # CardError(field, code, message)

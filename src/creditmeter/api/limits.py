@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from creditmeter.api.jsonio import encode
-from creditmeter.api.problems import PROBLEM, problem_body
+from creditmeter.api.problems import send_problem
 
 #: Large enough for a batch of 10,000 events with generous metadata; larger bodies get 413.
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -38,26 +37,14 @@ class BodySizeLimit:
         await _Counted(self, receive, send).run(scope)
 
     async def _refuse(self, send: Any) -> None:
-        body = encode(
-            problem_body(
-                413,
-                "payload_too_large",
-                f"the request body is larger than {self.max_bytes // (1024 * 1024)} MiB; send "
-                "usage in batches of at most 10,000 events",
-            )
+        await send_problem(
+            send,
+            413,
+            "payload_too_large",
+            f"the request body is larger than {self.max_bytes // (1024 * 1024)} MiB; send "
+            "usage in batches of at most 10,000 events",
+            close=True,
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", PROBLEM.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
 class _Counted:

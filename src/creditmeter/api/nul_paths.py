@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from creditmeter.api.problems import PROBLEM, problem_body
+from creditmeter.api.problems import send_problem
 
 
 class RefuseNulPaths:
@@ -21,21 +19,8 @@ class RefuseNulPaths:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and "\x00" in scope.get("path", ""):
-            body = orjson.dumps(
-                problem_body(
-                    404, "not_found", "nothing has this path: ids and names never hold NUL (%00)"
-                )
+            await send_problem(
+                send, 404, "not_found", "nothing has this path: ids and names never hold NUL (%00)"
             )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 404,
-                    "headers": [
-                        (b"content-type", PROBLEM.encode()),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from creditmeter.api.jsonio import json_response, unreadable_body
+from creditmeter.api.jsonio import encode, json_response, unreadable_body
 from creditmeter.errors import CreditmeterError
 
 log = logging.getLogger("creditmeter.api")
@@ -153,3 +153,16 @@ def install(app: FastAPI) -> None:
             "internal_error",
             "an unexpected error occurred; nothing was changed. Please report it.",
         )
+
+
+async def send_problem(
+    send: Any, status: int, code: str, detail: str, *, close: bool = False
+) -> None:
+    """Answer a problem straight from a pure ASGI middleware (before any route runs): the same body
+    as the error handler renders; ``close`` asks the client to drop the connection."""
+    body = encode(problem_body(status, code, detail))
+    headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
