@@ -11,7 +11,7 @@ from datetime import timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from creditmeter.billing import test_clocks
+from creditmeter.billing import org_time, test_clocks
 from creditmeter.kit import clock
 from creditmeter.kit.db import Database
 from creditmeter.ledger.verify import verify
@@ -146,8 +146,8 @@ def test_only_clocked_organizations_leave_real_time(
     )
     assert clocked in test_clocks.clocked_ids(db)  # attach refreshed this process's cache
     with db.read() as session, clock.frozen_at(utc(2026, 12, 1)):
-        assert test_clocks.now_for(session, clocked) == CLOCK
-        assert test_clocks.now_for(session, other) == utc(2026, 12, 1)
+        assert org_time.now_for(session, clocked) == CLOCK
+        assert org_time.now_for(session, other) == utc(2026, 12, 1)
         assert test_clocks.hot_now_for(db, clocked) == CLOCK
         assert test_clocks.hot_now_for(db, other) == utc(2026, 12, 1)
         assert test_clocks.hot_now_for(db, None) == utc(2026, 12, 1)

@@ -26,7 +26,7 @@ from creditmeter.api.schemas_billing import (
     SubscriptionIn,
     SubscriptionOut,
 )
-from creditmeter.billing import domain, test_clocks
+from creditmeter.billing import domain, org_time, test_clocks
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog, Plan, Terms
 from creditmeter.billing.models import PlanAllocation
@@ -248,7 +248,7 @@ def put_subscription(
 
     def apply(session: Session) -> dict[str, Any]:
         test_clocks.refuse_live_on_clock(session, org_id, env)
-        now = test_clocks.now_for(session, org_id)  # a clocked organization's now: its clock's
+        now = org_time.now_for(session, org_id)  # a clocked organization's now: its clock's
         return subscription_json(subs.subscribe(session, catalog, org_id, env, request, now))
 
     return run_once(
@@ -270,7 +270,7 @@ def get_subscription(
     authorize_org(caller, org_id, READ_SCOPES)
     env = environment_for(caller, environment)
     with db.read() as session:
-        now = test_clocks.now_for(session, org_id)
+        now = org_time.now_for(session, org_id)
         return subscription_json(subs.get(session, catalog, org_id, env, now))
 
 
@@ -289,7 +289,7 @@ def cancel_subscription(
     env = environment_for(caller, environment)
 
     def apply(session: Session) -> dict[str, Any]:
-        now = test_clocks.now_for(session, org_id)
+        now = org_time.now_for(session, org_id)
         return subscription_json(subs.cancel(session, catalog, org_id, env, now))
 
     return run_once(

@@ -35,7 +35,7 @@ from creditmeter.api.schemas import (
     Page,
     ReverseRequest,
 )
-from creditmeter.billing import credit_notes, test_clocks
+from creditmeter.billing import credit_notes, org_time
 from creditmeter.config import Settings
 from creditmeter.errors import InvalidRequest, NotFound
 from creditmeter.kit.credits import format_credits
@@ -122,7 +122,7 @@ def create_grant(
     require_operator(caller)
     env = environment_for(caller, environment)
     with db.read() as session:  # a clocked organization is granted at its clock's time
-        now = test_clocks.now_for(session, org_id)
+        now = org_time.now_for(session, org_id)
     _check_grant(body, now)
 
     def create(session: Session) -> dict[str, Any]:
@@ -186,7 +186,7 @@ def get_balance(org_id: str, caller: Caller, db: DB, environment: Env = None) ->
     env = environment_for(caller, environment)
     with db.read() as session:
         orgs.get_organization(session, org_id)
-        now = test_clocks.now_for(session, org_id)  # a clocked organization's: its clock's time
+        now = org_time.now_for(session, org_id)  # a clocked organization's: its clock's time
         view = ledger.get_balance(session, org_id, env, now)
         # A hold whose time is up stops counting at once, before the worker releases it.
         lapsed = gate.lapsed_hold_micros(session, org_id, env, now)
@@ -319,7 +319,7 @@ def reverse_transaction(
     def create(session: Session) -> dict[str, Any]:
         orgs.get_organization(session, org_id)
         txn_id = _parse_txn_ref(transaction_id)
-        now = test_clocks.now_for(session, org_id)  # a clocked organization: its clock's time
+        now = org_time.now_for(session, org_id)  # a clocked organization: its clock's time
         new_id = ledger.reverse(
             session, org_id, txn_id, body.reason, now, currency=settings.currency
         )

@@ -47,7 +47,7 @@ from creditmeter.api.schemas_metering import (
     UsageOut,
 )
 from creditmeter.api.usage_batch import apply_batch
-from creditmeter.billing import credit_notes, test_clocks
+from creditmeter.billing import credit_notes, org_time, test_clocks
 from creditmeter.config import Settings
 from creditmeter.errors import Forbidden, InvalidRequest, NotFound
 from creditmeter.kit import clock
@@ -187,7 +187,7 @@ def reverse_usage(
     authorize_org(caller, org_id, ADMIN_SCOPES)
     require_operator(caller)
     with db.write() as session:
-        now = test_clocks.now_for(session, org_id)  # a clocked organization: its clock's time
+        now = org_time.now_for(session, org_id)  # a clocked organization: its clock's time
         credits, txn_id = usage.reverse(
             session,
             org_id,
@@ -412,7 +412,7 @@ def settle_hold(
         clocked = test_clocks.clocked_ids(db)
         if ctx.caller_organization_id is None and hold.organization_id in clocked:
             # An operator key settling a clocked organization's hold: at the clock's time.
-            ctx = replace(ctx, now=test_clocks.now_for(session, hold.organization_id))
+            ctx = replace(ctx, now=org_time.now_for(session, hold.organization_id))
         event = EventInput(
             id=body.id,
             organization=hold.organization_id,

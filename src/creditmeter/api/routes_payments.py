@@ -42,7 +42,7 @@ from creditmeter.api.schemas_payments import (
     RefundIn,
     RefundOut,
 )
-from creditmeter.billing import auto_top_up, purchases, refunds, test_clocks
+from creditmeter.billing import auto_top_up, org_time, purchases, refunds
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.payments import build_provider, cards, history
 from creditmeter.billing.payments import methods as payment_methods
@@ -189,7 +189,7 @@ def add_payment_method(
             return JSONResponse(stored.body, status_code=stored.status_code)
 
     with db.read() as session:  # a clocked organization's method is added at its clock's time
-        now = test_clocks.now_for(session, org_id)
+        now = org_time.now_for(session, org_id)
 
     def remember(session: Session, method: PaymentMethod) -> None:
         if idempotency_key is not None:
@@ -252,7 +252,7 @@ def delete_payment_method(
     authorize_org(caller, org_id, ADMIN_SCOPES)
     env = environment_for(caller, environment)
     with db.read() as session:  # detached at a clocked organization's clock's time
-        now = test_clocks.now_for(session, org_id)
+        now = org_time.now_for(session, org_id)
     return method_json(payment_methods.detach(db, provider, org_id, env, method_id, now))
 
 
@@ -333,7 +333,7 @@ def create_purchase(
         body.package, body.credits, body.payment_method, body.billing
     )
     with db.read() as session:  # a clocked organization buys at its clock's time
-        now = test_clocks.now_for(session, org_id)
+        now = org_time.now_for(session, org_id)
     row = purchases.purchase(db, provider, catalog, org_id, env, request, key, now=now)
     if row.status == purchases.FAILED:
         raise purchases.declined(row)

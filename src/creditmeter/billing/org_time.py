@@ -19,11 +19,7 @@ from creditmeter.kit import clock
 
 def now_for(session: Session, organization_id: str) -> datetime:
     """ "Now" for ``organization_id``: its test clock's frozen time when it is attached to one, else
-    real time (``kit.clock.now()``, which tests can freeze). One primary-key read. An id no row can
-    have (a NUL byte, which PostgreSQL refuses in text) is an organization on real time: the caller
-    answers its own 404."""
-    if "\x00" in organization_id:
-        return clock.now()
+    real time (``kit.clock.now()``, which tests can freeze). One primary-key read."""
     frozen = session.scalar(
         select(TestClock.frozen_time)
         .join(TestClockAttachment, TestClockAttachment.test_clock_id == TestClock.id)

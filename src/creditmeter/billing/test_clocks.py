@@ -223,19 +223,13 @@ def clocked_ids(db: Database) -> frozenset[str]:
     return ids
 
 
-def now_for(session: Session, organization_id: str) -> datetime:
-    """ "Now" for ``organization_id``: its test clock's time when it is attached to one, else real
-    time (``kit.clock.now()``). One primary-key read (``org_time.now_for``)."""
-    return org_time.now_for(session, organization_id)
-
-
 def hot_now_for(db: Database, organization_id: str | None) -> datetime:
-    """``now_for`` for the hot paths: real time without any query for an organization the cache
+    """``org_time.now_for`` for the hot paths: real time without any query for an organization the cache
     knows is on no clock (or for None: an operator key, any organization)."""
     if organization_id is None or organization_id not in clocked_ids(db):
         return real_clock.now()
     with db.read() as session:
-        return now_for(session, organization_id)
+        return org_time.now_for(session, organization_id)
 
 
 def advance(
