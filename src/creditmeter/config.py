@@ -37,6 +37,23 @@ class Settings:
     payment_provider: str = "sandbox"
     #: Stripe's secret key (``sk_test_…``/``sk_live_…``), for ``payment_provider = "stripe"``.
     stripe_secret_key: str | None = field(default=None, repr=False)
+    #: Seconds between the worker's runs of notification jobs (alerts, webhooks, e-mails).
+    notify_interval_seconds: float = 1.0
+    #: Webhook requests time out after this many seconds.
+    webhook_timeout_seconds: float = 15.0
+    #: Whether webhook URLs may point at loopback, private or link-local addresses (one-box setups
+    #: and tests); refused by default.
+    webhook_allow_private: bool = False
+    #: The SMTP server for e-mail; None: messages are kept in the ``emails`` table (status ``held``).
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    #: ``starttls`` (default), ``ssl`` (implicit TLS, port 465) or ``none``.
+    smtp_tls: str = "starttls"
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    email_from: str = "creditmeter <notifications@localhost>"
+    #: The address members reach the service at, for links in e-mails (unsubscribe, invoices).
+    public_url: str = "http://127.0.0.1:8000"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -56,4 +73,23 @@ class Settings:
                 or "sandbox"
             ),
             stripe_secret_key=os.environ.get("CREDITMETER_STRIPE_SECRET_KEY") or None,
+            notify_interval_seconds=float(os.environ.get("CREDITMETER_NOTIFY_INTERVAL", "1")),
+            webhook_timeout_seconds=float(
+                os.environ.get("CREDITMETER_WEBHOOK_TIMEOUT_SECONDS", "15")
+            ),
+            webhook_allow_private=_flag(os.environ.get("CREDITMETER_WEBHOOK_ALLOW_PRIVATE")),
+            smtp_host=os.environ.get("CREDITMETER_SMTP_HOST") or None,
+            smtp_port=int(os.environ.get("CREDITMETER_SMTP_PORT", "587")),
+            smtp_tls=(os.environ.get("CREDITMETER_SMTP_TLS", "starttls").strip().lower()),
+            smtp_username=os.environ.get("CREDITMETER_SMTP_USERNAME") or None,
+            smtp_password=os.environ.get("CREDITMETER_SMTP_PASSWORD") or None,
+            email_from=os.environ.get("CREDITMETER_EMAIL_FROM")
+            or "creditmeter <notifications@localhost>",
+            public_url=(os.environ.get("CREDITMETER_PUBLIC_URL") or "http://127.0.0.1:8000").rstrip(
+                "/"
+            ),
         )
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}

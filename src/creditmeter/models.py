@@ -33,19 +33,32 @@ from creditmeter.billing.payments.sandbox_models import (
 from creditmeter.kit.db import Base
 from creditmeter.kit.idempotency import IdempotencyRecord
 from creditmeter.kit.outbox import Job
+from creditmeter.ledger.marks import BalanceMark
 from creditmeter.ledger.models import Balance, JournalTransaction, Lot, Posting
 from creditmeter.metering.models import Hold, ProjectUsage, UsageEvent
+from creditmeter.notify.models import (
+    AlertRule,
+    Email,
+    NotificationEvent,
+    NotificationPreference,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from creditmeter.orgs.models import ApiKey, Member, Organization, Project
 
 metadata = Base.metadata
 
 __all__ = [
+    "AlertRule",
     "ApiKey",
     "AutoTopUp",
     "Balance",
+    "BalanceMark",
     "CreditNote",
     "CreditNoteApplication",
     "CycleClose",
+    "Email",
     "Hold",
     "IdempotencyRecord",
     "Invoice",
@@ -55,6 +68,8 @@ __all__ = [
     "JournalTransaction",
     "Lot",
     "Member",
+    "NotificationEvent",
+    "NotificationPreference",
     "Organization",
     "Payment",
     "PaymentCustomer",
@@ -74,6 +89,9 @@ __all__ = [
     "TestClockAttachment",
     "UsageEvent",
     "UsageStatementLine",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "WithheldAllocation",
     "metadata",
 ]

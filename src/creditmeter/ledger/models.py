@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from creditmeter.kit.db import Base, BigIntPK, UTCDateTime
@@ -74,7 +74,8 @@ class Balance(Base):
     ``lots_micros`` = sum of all lot postings (= sum of ``lots.remaining_micros``);
     ``arrears_micros`` = minus the ``arrears`` account (never negative);
     ``held_micros`` = the ``held`` account.
-    ``watch_below_micros`` is no sum: the low-balance mark of ``ledger.watch``.
+    ``watch_below_micros`` is no sum: the low-balance mark of ``ledger.watch``; nor are the band,
+    ``paused_since`` and ``refresh_on_grant`` of ``ledger.marks``.
     """
 
     __tablename__ = "balances"
@@ -88,4 +89,13 @@ class Balance(Base):
     #: When a write leaves available credits below this, the ledger enqueues a ``low_balance`` job
     #: (``ledger.watch``); None: not watched.
     watch_below_micros: Mapped[int | None] = mapped_column(BigInteger)
+    #: The highest mark line available credits may not go below without a crossing
+    #: (``ledger.marks``); None: none can fire.
+    band_low_micros: Mapped[int | None] = mapped_column(BigInteger)
+    #: The lowest line whose reaching re-arms a fired mark or resumes; None: none.
+    band_high_micros: Mapped[int | None] = mapped_column(BigInteger)
+    #: Since when available credits are at or below zero (the organization is paused); None: not.
+    paused_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Whether a grant enqueues a ``marks_refresh`` job (a mark depends on credits granted).
+    refresh_on_grant: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -17,10 +17,11 @@ from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import Conflict, InvalidRequest, NotFound
+from creditmeter.kit import outbox
 from creditmeter.kit.credits import MAX_BALANCE_MICROS, format_credits
 from creditmeter.kit.db import UTCDateTime
 from creditmeter.kit.ids import new_id
-from creditmeter.ledger import domain, watch
+from creditmeter.ledger import domain, marks, watch
 from creditmeter.ledger.domain import Account, LotState, Posting
 from creditmeter.ledger.models import Balance, JournalTransaction, Lot
 from creditmeter.ledger.models import Posting as PostingRow
@@ -57,6 +58,11 @@ class LockedBalance:
     lots: dict[str, LotState] | None = None
     #: The low-balance mark (``ledger.watch``) read with the lock; ``watch.UNREAD`` when not read.
     watch_below_micros: int | None = watch.UNREAD
+    #: The band of ``ledger.marks`` and the paused state, read with the lock.
+    band_low_micros: int | None = None
+    band_high_micros: int | None = None
+    paused_since: datetime | None = None
+    refresh_on_grant: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,10 @@ def create_balances(session: Session, organization_id: str, now: datetime) -> No
                 "lots_micros": 0,
                 "arrears_micros": 0,
                 "held_micros": 0,
+                # No credits yet: paused, resumed by the first credits (ledger.marks).
+                "paused_since": now,
+                "band_high_micros": 1,
+                "refresh_on_grant": False,
                 "updated_at": now,
             }
             for env in ENVIRONMENTS
@@ -97,6 +107,12 @@ def create_balances(session: Session, organization_id: str, now: datetime) -> No
     )
 
 
+_MARK_COLUMNS = (
+    Balance.band_low_micros,
+    Balance.band_high_micros,
+    Balance.paused_since,
+    Balance.refresh_on_grant,
+)
 # Statements of the write path, built once: constructing a statement costs more than running it.
 _LOCK_BALANCE = (
     select(
@@ -104,6 +120,7 @@ _LOCK_BALANCE = (
         Balance.arrears_micros,
         Balance.held_micros,
         Balance.watch_below_micros,
+        *_MARK_COLUMNS,
     )
     .where(Balance.organization_id == bindparam("org"), Balance.environment == bindparam("env"))
     .with_for_update()
@@ -156,8 +173,10 @@ def lock_balance(session: Session, organization_id: str, environment: str) -> Lo
     )
     if row is None:
         raise NotFound(f"organization {organization_id} not found")
-    lots, arrears, held, mark = row
-    return LockedBalance(organization_id, environment, lots, arrears, held, watch_below_micros=mark)
+    lots, arrears, held, mark, low, high, paused, refresh = row
+    return LockedBalance(
+        organization_id, environment, lots, arrears, held, None, mark, low, high, paused, refresh
+    )
 
 
 def lock_balances(
@@ -175,6 +194,7 @@ def lock_balances(
                 Balance.arrears_micros,
                 Balance.held_micros,
                 Balance.watch_below_micros,
+                *_MARK_COLUMNS,
             )
             .where(
                 Balance.environment == environment,
@@ -183,9 +203,9 @@ def lock_balances(
             .order_by(Balance.organization_id)
             .with_for_update()
         )
-        for org, lots, arrears, held, mark in rows:
+        for org, lots, arrears, held, mark, low, high, paused, refresh in rows:
             found[org] = LockedBalance(
-                org, environment, lots, arrears, held, watch_below_micros=mark
+                org, environment, lots, arrears, held, None, mark, low, high, paused, refresh
             )
     return found
 
@@ -352,20 +372,24 @@ def post_batch(
             for m in moves
         ],
     )
-    lowered = [m.balance for m in moves if m.balance.watch_below_micros is not None and _lowers(m)]
+    changes = [(m.balance, _change(m)) for m in moves]
+    lowered = [b for b, change in changes if change < 0 and b.watch_below_micros is not None]
     for m in moves:
         _apply_moves(m)
     if lowered:  # watched organizations whose available credits went down (ledger.watch)
         watch.after_post(session, lowered, now)
+    crossed = [b for b, change in changes if marks.outside_band(session, b, change, now)]
+    if crossed:  # a line of ledger.marks crossed: recorded in this transaction
+        marks.cross(session, crossed, now)
     by_balance = {id(m.balance): ids_ for m, ids_ in zip(moves, per_move, strict=True)}
     return [by_balance.get(id(balance), []) for balance, _ in items]
 
 
-def _lowers(m: _Moves) -> bool:
-    """Whether the moves lower available credits (lots down, or arrears or held up)."""
+def _change(m: _Moves) -> int:
+    """How the moves change available credits (lots up, arrears or held down: positive)."""
     b = m.balance
     change = sum(m.lot_deltas.values()) - (m.new_arrears - b.arrears_micros)
-    return change - (m.new_held - b.held_micros) < 0
+    return change - (m.new_held - b.held_micros)
 
 
 def _apply_moves(m: _Moves) -> None:
@@ -546,6 +570,9 @@ def grant_many(
     ]
     post_batch(session, issuances, now)
     settle_arrears_many(session, balances, now)
+    refresh = marks.refresh_jobs(balances, now)
+    if refresh:  # a mark's line depends on the credits granted (ledger.marks)
+        outbox.enqueue(session, refresh, now=now)
     return lot_ids
 
 

@@ -91,3 +91,6 @@ class ProjectUsage(Base):
     environment: Mapped[str] = mapped_column(String(10), primary_key=True)
     month: Mapped[date] = mapped_column(Date, primary_key=True)
     credits_micros: Mapped[int] = mapped_column(BigInteger)
+    #: When usage reaches this, the write enqueues a ``project_usage_check`` job (the next budget
+    #: alert line, set by ``notify``); 0 on a new month's row: checked once.
+    alert_at_micros: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,1 @@
+"""Notifications: the event catalog, webhooks, e-mail and alert rules (design note in catalog.py)."""
