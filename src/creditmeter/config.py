@@ -39,6 +39,9 @@ class Settings:
     stripe_secret_key: str | None = field(default=None, repr=False)
     #: Seconds between the worker's runs of notification jobs (alerts, webhooks, e-mails).
     notify_interval_seconds: float = 1.0
+    #: How long a worker holds a notification job (a webhook request, an e-mail) before another
+    #: worker may take it: longer than the webhook timeout. After a crash, jobs resume after it.
+    notify_lease_seconds: float = 60.0
     #: Webhook requests time out after this many seconds.
     webhook_timeout_seconds: float = 15.0
     #: Whether webhook URLs may point at loopback, private or link-local addresses (one-box setups
@@ -74,6 +77,7 @@ class Settings:
             ),
             stripe_secret_key=os.environ.get("CREDITMETER_STRIPE_SECRET_KEY") or None,
             notify_interval_seconds=float(os.environ.get("CREDITMETER_NOTIFY_INTERVAL", "1")),
+            notify_lease_seconds=float(os.environ.get("CREDITMETER_NOTIFY_LEASE_SECONDS", "60")),
             webhook_timeout_seconds=float(
                 os.environ.get("CREDITMETER_WEBHOOK_TIMEOUT_SECONDS", "15")
             ),

@@ -12,15 +12,18 @@ from sqlalchemy import text
 from creditmeter import __version__
 from creditmeter.api import (
     problems,
+    routes_alerts,
     routes_billing,
     routes_credit_notes,
     routes_events,
     routes_invoices,
     routes_ledger,
     routes_metering,
+    routes_notifications,
     routes_orgs,
     routes_payments,
     routes_test_clocks,
+    routes_webhooks,
 )
 from creditmeter.api.deps import json_body
 from creditmeter.api.limits import BodySizeLimit
@@ -69,6 +72,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(routes_credit_notes.router)
     app.include_router(routes_test_clocks.router, dependencies=[Depends(json_body)])
     app.include_router(routes_payments.router, dependencies=[Depends(json_body)])
+    app.include_router(routes_alerts.router, dependencies=[Depends(json_body)])
+    app.include_router(routes_webhooks.router, dependencies=[Depends(json_body)])
+    app.include_router(routes_notifications.router, dependencies=[Depends(json_body)])
 
     @app.get("/", include_in_schema=False)
     async def root(request: Request) -> RedirectResponse:

@@ -27,6 +27,7 @@ from creditmeter.cli.common import (
 from creditmeter.cli.cycle import cycle_app
 from creditmeter.cli.jobs import jobs_app
 from creditmeter.cli.serve import db_upgrade, serve, worker
+from creditmeter.cli.webhooks import webhooks_app
 from creditmeter.config import Settings
 from creditmeter.errors import CreditmeterError
 from creditmeter.kit import clock
@@ -53,6 +54,7 @@ app.add_typer(org_app, name="org")
 app.add_typer(key_app, name="api-key")
 app.add_typer(cycle_app, name="cycle")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(webhooks_app, name="webhooks")
 app.command()(serve)
 app.command()(worker)
 db_app.command("upgrade")(db_upgrade)
