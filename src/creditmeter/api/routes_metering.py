@@ -57,6 +57,7 @@ from creditmeter.metering import gate, holds, usage
 from creditmeter.metering.domain import EventInput, EventResult
 from creditmeter.metering.ingest import IngestContext, ingest
 from creditmeter.metering.models import Hold
+from creditmeter.notify import alerts
 from creditmeter.orgs.service import Principal, Scope
 from creditmeter.pricing.domain import RateCard
 
@@ -453,6 +454,7 @@ def set_budget(org_id: str, project_id: str, body: BudgetIn, caller: Caller, db:
         used = usage.set_budget(
             session, org_id, project_id, body.monthly_credits, caller.environment, month
         )
+        alerts.budget_changed(session, project_id, now)  # budget alerts judged at once
     return _budget_json(project_id, body.monthly_credits, month, used)
 
 

@@ -390,11 +390,13 @@ def run(
             )
         if not chunk:
             break
-        outcomes += [_run_one(db, handlers[job.kind], job) for job in chunk]
+        outcomes += [run_claimed(db, handlers[job.kind], job) for job in chunk]
     return outcomes
 
 
-def _run_one(db: Database, handler: Handler, job: Claimed) -> Outcome:
+def run_claimed(db: Database, handler: Handler, job: Claimed) -> Outcome:
+    """Run one claimed job's handler outside any transaction and record its outcome (done; failed
+    and retried with backoff; dead after its last attempt)."""
     try:
         result = handler(job)
     except Exception as exc:

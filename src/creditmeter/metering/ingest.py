@@ -24,6 +24,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from creditmeter.errors import Conflict, CreditmeterError, InvalidRequest, NotFound
+from creditmeter.kit import clock, outbox
 from creditmeter.kit.db import bulk_insert
 from creditmeter.ledger import domain as ledger_domain
 from creditmeter.ledger.consumption import (
@@ -50,6 +51,9 @@ from creditmeter.metering.rows import EVENT_COLUMNS, RowBuilder, allocation_json
 from creditmeter.orgs.models import Member, Project
 from creditmeter.pricing.cache import PriceCache
 from creditmeter.pricing.domain import Price, RateCard
+
+#: The job a write enqueues when a project's month reaches its next budget-alert line.
+PROJECT_USAGE_CHECK = "project_usage_check"
 
 
 @dataclass(frozen=True)
@@ -445,20 +449,32 @@ def _add_project_usage(session: Session, env: str, items: list[_Priced]) -> None
 def add_project_usage(
     session: Session, project_id: str, env: str, month: date, micros: int
 ) -> None:
-    """Add to a project's monthly usage (an upsert on both databases)."""
+    """Add to a project's monthly usage (an upsert on both databases). When an addition takes the
+    month to its next budget-alert line (``alert_at_micros``, kept by ``notify.alerts``; 0 on a new
+    month), a ``project_usage_check`` job is enqueued in the same transaction."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as upsert
     else:
         from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
     stmt = upsert(ProjectUsage).values(
-        project_id=project_id, environment=env, month=month, credits_micros=micros
+        project_id=project_id,
+        environment=env,
+        month=month,
+        credits_micros=micros,
+        alert_at_micros=0,
     )
-    session.execute(
+    total, alert_at = session.execute(
         stmt.on_conflict_do_update(
             index_elements=["project_id", "environment", "month"],
             set_={"credits_micros": ProjectUsage.credits_micros + stmt.excluded.credits_micros},
-        )
-    )
+        ).returning(ProjectUsage.credits_micros, ProjectUsage.alert_at_micros)
+    ).one()
+    if micros > 0 and total >= alert_at:
+        now = clock.now()
+        key = f"{PROJECT_USAGE_CHECK}:{project_id}:{env}:{month.isoformat()}"
+        payload = {"project_id": project_id, "environment": env, "month": month.isoformat()}
+        job = outbox.NewJob(PROJECT_USAGE_CHECK, now, None, env, payload, key)
+        outbox.enqueue(session, [job], now=now)
 
 
 def available_snapshot(session: Session, balance: LockedBalance, now: datetime) -> dict[str, Any]:
