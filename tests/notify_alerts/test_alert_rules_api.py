@@ -141,7 +141,8 @@ def test_rules_are_listed_patched_and_deleted(client: TestClient, org: str, admi
     ]
     assert all(r.status_code == 201 for r in made)
     first = client.get(url(org), params={"limit": 2}, headers=admin).json()
-    assert len(first["data"]) == 2 and first["has_more"]
+    assert len(first["data"]) == 2
+    assert first["has_more"]
     rest = client.get(url(org), params={"cursor": first["next_cursor"]}, headers=admin).json()
     assert [r["threshold"] for r in first["data"] + rest["data"]] == ["500", "200", "50"]
     rule_id = made[0].json()["id"]

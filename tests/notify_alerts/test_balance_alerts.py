@@ -109,7 +109,8 @@ def test_a_crossing_is_recorded_by_the_write_that_crosses_and_told_once(
     client: TestClient, db: Database, org: str, admin: Headers
 ) -> None:
     rule = add_rule(client, org, admin, type="credits_below", threshold="500")
-    assert rule["state"] == "ok" and rule["hysteresis_percent"] == "10"
+    assert rule["state"] == "ok"
+    assert rule["hysteresis_percent"] == "10"
     spend(db, org, "450")  # 550 left: above the line
     with db.read() as s:
         assert s.scalars(select(Job.kind).where(CROSSINGS)).all() == []
@@ -126,7 +127,8 @@ def test_a_crossing_is_recorded_by_the_write_that_crosses_and_told_once(
     run_alert_jobs(db)
     assert told(db, org, "alert.triggered", "alert.resolved") == [("alert.triggered", rule["id"])]
     got = client.get(f"/v1/organizations/{org}/alerts/{rule['id']}", headers=admin).json()
-    assert got["state"] == "triggered" and got["last_value"] == "450"
+    assert got["state"] == "triggered"
+    assert got["last_value"] == "450"
     grant(db, org, "20")  # 550: the rule re-arms
     spend(db, org, "60")  # 490: and fires again
     run_alert_jobs(db)
@@ -136,7 +138,8 @@ def test_a_crossing_is_recorded_by_the_write_that_crosses_and_told_once(
         ("alert.triggered", rule["id"]),
     ]
     event = _last(db, org, "alert.triggered")
-    assert event.data["value"] == "490" and event.data["alert"]["threshold"] == "500"
+    assert event.data["value"] == "490"
+    assert event.data["alert"]["threshold"] == "500"
     with db.read() as s:
         assert verify(s) == []
 
@@ -312,7 +315,8 @@ def test_a_deleted_or_disabled_rule_tells_nothing(
     url = f"/v1/organizations/{org}/alerts"
     assert client.delete(f"{url}/{gone['id']}", headers=admin).status_code == 200
     patched = client.patch(f"{url}/{off['id']}", json={"enabled": False}, headers=admin)
-    assert patched.status_code == 200 and patched.json()["enabled"] is False
+    assert patched.status_code == 200
+    assert patched.json()["enabled"] is False
     spend(db, org, "900")
     run_alert_jobs(db)
     assert told(db, org, "alert.triggered") == []
