@@ -25,6 +25,9 @@ Design in four rules:
 - **Sync and async alike.** :class:`Client` and :class:`AsyncClient` have the same methods:
   ``authorize``, ``estimate``, ``record``, ``record_batch``, ``hold``, ``extend``, ``settle``,
   ``release`` and ``metered``.
+
+:func:`verify_webhook` checks a webhook request from creditmeter (its Standard Webhooks signature and
+timestamp) and returns the event; it raises :class:`WebhookVerificationError` otherwise.
 """
 
 from creditmeter.client._async import AsyncClient
@@ -62,6 +65,7 @@ from creditmeter.client._models import (
     UsageResult,
 )
 from creditmeter.client._values import Credits, Quantity
+from creditmeter.client._webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -97,4 +101,6 @@ __all__ = [
     "UsageEvent",
     "UsageResult",
     "ValidationFailed",
+    "WebhookVerificationError",
+    "verify_webhook",
 ]
