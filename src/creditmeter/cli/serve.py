@@ -10,8 +10,11 @@ from typing import Annotated
 import typer
 
 from creditmeter.cli.common import cli_settings, err, open_database, out, say_database
+from creditmeter.config import Settings
 from creditmeter.kit.db import Database
 from creditmeter.kit.migrate import upgrade
+
+log = logging.getLogger("creditmeter.notify.email")
 
 
 def serve(
@@ -47,6 +50,7 @@ def serve(
     os.environ["CREDITMETER_DATABASE_URL"] = settings.database_url
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     say_database(settings.database_url)
+    say_email(settings)
     if migrate:
         upgrade(settings.database_url)
     db = Database(settings.database_url)
@@ -81,6 +85,23 @@ def serve(
             worker.stop()
 
 
+def say_email(settings: Settings) -> None:
+    """Say on stderr (and in the log) where e-mail goes; without an SMTP server, that messages are
+    kept (``held``) and where to read them."""
+    if settings.smtp_host is None:
+        message = (
+            "e-mail: no SMTP server configured (CREDITMETER_SMTP_HOST); messages are kept in the "
+            "outbox: GET /v1/organizations/{id}/emails"
+        )
+    else:
+        message = (
+            f"e-mail: SMTP {settings.smtp_host}:{settings.smtp_port} ({settings.smtp_tls}), "
+            f"from {settings.email_from}"
+        )
+    err().print(message, style="dim", soft_wrap=True, highlight=False, markup=False)
+    log.info("%s", message)
+
+
 def _print_demo(db: Database, host: str, port: int) -> None:
     from creditmeter.demo import banner, seed
     from creditmeter.kit import clock
@@ -103,6 +124,7 @@ def worker(
     settings = cli_settings()
     db = open_database(settings)  # before logging is set up: the schema check has nothing to say
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    say_email(settings)
     if once:
         n = tick(db, settings.plans_path)
         out().print(f"expired credits of {n} organization balance(s)")
