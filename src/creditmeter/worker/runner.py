@@ -23,7 +23,10 @@ while the others run. The kinds run here:
   its mark (``ledger.watch.sweep``), the safety net behind the write path's trigger. The tick keeps
   exactly one sweep job scheduled.
 
-Done jobs are deleted after ``JOB_RETENTION``; dead ones (out of attempts) stay for an operator."""
+Done jobs are deleted after ``JOB_RETENTION``; dead ones (out of attempts) stay for an operator.
+
+Between ticks, every ``notify_interval_seconds`` (1 s), the notification jobs (``notify.jobs``):
+alert crossings, budget checks, the alert sweep, webhook deliveries and e-mails."""
 
 from __future__ import annotations
 
@@ -31,9 +34,21 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import datetime, timedelta
 
-from creditmeter.billing import auto_top_up, cycle, dunning, purchases, refunds, test_clocks
+from sqlalchemy.orm import Session
+
+from creditmeter.billing import (
+    auto_top_up,
+    cycle,
+    dunning,
+    invoices,
+    pdf,
+    purchases,
+    refunds,
+    test_clocks,
+)
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.payments import PaymentProvider, build_provider
 from creditmeter.billing.payments.models import Purchase
@@ -43,6 +58,8 @@ from creditmeter.kit import clock, outbox
 from creditmeter.kit.db import Database
 from creditmeter.ledger import watch
 from creditmeter.metering import holds
+from creditmeter.notify import email
+from creditmeter.notify import jobs as notify_jobs
 
 log = logging.getLogger("creditmeter.worker")
 
@@ -75,7 +92,10 @@ def provider_from_env(db: Database) -> PaymentProvider | None:
 
 
 def tick(
-    db: Database, plans_path: str | None = None, provider: PaymentProvider | None = None
+    db: Database,
+    plans_path: str | None = None,
+    provider: PaymentProvider | None = None,
+    settings: Settings | None = None,
 ) -> int:
     """Run every due job once. Returns the number of organizations whose lots expired."""
     now = clock.now()
@@ -100,7 +120,25 @@ def tick(
         run_jobs(db, provider, catalog, clock.now())
     except Exception:  # the jobs stay in the outbox; the next tick claims them
         log.exception("outbox jobs could not run; retrying at the next tick")
+    run_notifications(db, settings or Settings.from_env())
     return len(expired)
+
+
+def invoice_pdf(session: Session, invoice_id: str) -> tuple[str, bytes]:
+    """An invoice's PDF as an e-mail attachment (``notify.email.ATTACHMENTS['invoice_pdf']``)."""
+    view = invoices.get(session, invoice_id)
+    content = pdf.render(view, load_catalog().zone, pdf.notes_of(session, view))
+    return f"{view.invoice.number}.pdf", content
+
+
+def run_notifications(db: Database, settings: Settings) -> int:
+    """Run the due notification jobs once (``notify.jobs``); a failure is logged and retried."""
+    email.ATTACHMENTS.setdefault("invoice_pdf", invoice_pdf)
+    try:
+        return len(notify_jobs.run(db, settings, clock.now()))
+    except Exception:  # the jobs stay in the outbox; the next pass claims them
+        log.exception("notification jobs could not run; retrying at the next pass")
+        return 0
 
 
 def job_handlers(
@@ -221,22 +259,36 @@ class Worker(threading.Thread):
         interval_seconds: float,
         plans_path: str | None = None,
         provider: PaymentProvider | None = None,
+        settings: Settings | None = None,
     ) -> None:
         super().__init__(name="creditmeter-worker", daemon=True)
         self.db = db
         self.interval = interval_seconds
         self.plans_path = plans_path
         self.provider = provider
+        self.settings = settings or Settings.from_env()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        """A tick every ``interval`` seconds; the notification jobs every
+        ``notify_interval_seconds`` between ticks."""
+        try:
+            notify_jobs.release_held(self.db, self.settings, clock.now())
+        except Exception:
+            log.exception("held e-mails could not be queued; they stay held")
+        next_tick = 0.0
         while not self._stop_event.is_set():
-            try:
-                self.provider = self.provider or provider_from_env(self.db)
-                tick(self.db, self.plans_path, self.provider)
-            except Exception:
-                log.exception("worker tick failed; retrying at the next tick")
-            self._stop_event.wait(self.interval)
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + self.interval
+                try:
+                    self.provider = self.provider or provider_from_env(self.db)
+                    tick(self.db, self.plans_path, self.provider, self.settings)
+                except Exception:
+                    log.exception("worker tick failed; retrying at the next tick")
+            else:
+                run_notifications(self.db, self.settings)
+            wait = min(self.settings.notify_interval_seconds, max(next_tick - time.monotonic(), 0))
+            self._stop_event.wait(wait)
 
     def stop(self) -> None:
         self._stop_event.set()
