@@ -88,13 +88,19 @@ class ExpiredData(_Data):
 
 class PurchaseData(_Data):
     purchase_id: str
-    package: str
+    package: str | None = Field(description="The package bought; null for a custom amount.")
     credits: str
-    amount: str = Field(description="Money charged, a decimal string in `currency`.")
+    amount: str = Field(
+        description="The purchase's price, a decimal string in `currency`: charged to the card, "
+        "or billed on the month's invoice when `billing` is `on_account`."
+    )
     currency: str
     status: str
     failure_code: str | None = None
     auto_top_up: bool = False
+    billing: str = Field(
+        "charge", description="`charge` (a card) or `on_account` (billed on the month's invoice)."
+    )
 
 
 class InvoiceData(_Data):
@@ -106,6 +112,7 @@ class InvoiceData(_Data):
     currency: str
     period_start: datetime | None
     period_end: datetime | None
+    due_at: datetime | None = Field(None, description="When payment is due.")
     pdf_url: str = Field(description="The invoice's PDF, under the API (authenticated).")
 
 
@@ -126,13 +133,21 @@ class SubscriptionData(_Data):
     plan: str
     previous_plan: str | None
     status: str
-    change: str = Field(description="`created`, `upgraded`, `downgrade_scheduled`, `cancelled`, …")
+    change: str = Field(
+        description="`created` (a first subscription, or again after a cancellation), "
+        "`upgraded` (at once), `downgrade_scheduled` (`plan` from `effective_at`), `downgraded` "
+        "(applied by the cycle close), `cancellation_scheduled`, `cancelled` (took effect), "
+        "`pending_change_withdrawn`, `allocation_withheld` (a cycle begun while suspended for "
+        "non-payment: no credits, no fee), `allocation_released` (paid: the rest of the cycle "
+        "allocated)."
+    )
     effective_at: datetime
+    reason: str | None = Field(None, description="Why, when billing made the change itself.")
 
 
 class AutoTopUpFailedData(_Data):
     purchase_id: str | None
-    package: str
+    package: str | None = Field(description="The package it buys; null for a custom amount.")
     failure_code: str | None
     reason: str = Field(description="What happened, in plain words.")
     disabled: bool = Field(description="Whether auto top-up was turned off.")
