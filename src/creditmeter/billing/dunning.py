@@ -22,6 +22,11 @@ days after its first failure, then past due, and the organization is suspended u
   ``past_due`` invoice left (in any environment) a billing suspension ends by itself: its status
   is ``active`` again in the same transaction.
 
+- **Events** (``billing.notices``), in the transaction that records the attempt: ``payment.failed``
+  for every failed attempt (its number, and when the next is due), ``invoice.paid``,
+  ``invoice.past_due`` and ``organization.suspended`` (in the invoice's environment), each keyed by
+  the payment or the invoice, so once.
+
 A suspension is organization-wide (the gate reads one status): a past-due ``test`` invoice
 suspends the organization too, which is what a rehearsal of dunning should show.
 """
@@ -39,7 +44,7 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import invoices, suspension
+from creditmeter.billing import invoices, notices, suspension
 from creditmeter.billing.models import CreditNoteApplication, Invoice, TestClockAttachment
 from creditmeter.billing.payments import history
 from creditmeter.billing.payments import methods as payment_methods
@@ -295,19 +300,37 @@ def record(
     )
     if result.succeeded:
         _paid(session, invoice, payment, now)
-    elif invoice.status == invoices.OPEN and exhausted(history_of(session, invoice.id)):
-        invoice.status = invoices.PAST_DUE
-        invoice.updated_at = now
-        session.flush()
-        if orgs.set_status(session, invoice.organization_id, orgs.SUSPENDED):
-            log.warning(
-                "organization %s suspended: invoice %s is past due (%s)",
-                invoice.organization_id,
-                invoice.number,
-                result.failure_code,
-            )
-        suspension.after_dunning(session, invoice, now)  # cancel_after_dunning plans
+    else:
+        _failed(session, invoice, payment, plan.number, now)
     return Attempt(invoice.id, plan.number, payment, invoice.status)
+
+
+def _failed(
+    session: Session, invoice: Invoice, payment: Payment, number: int, now: datetime
+) -> None:
+    """A failed attempt ``number``: ``payment.failed`` with the next attempt's time; at or after the
+    last retry's time the invoice is past due and the organization suspended (each published)."""
+    past = history_of(session, invoice.id)
+    due = invoice.status == invoices.OPEN and exhausted(past)
+    later = next_attempt_at(past) if invoice.status == invoices.OPEN and not due else None
+    notices.payment_failed(
+        session, payment, invoice_id=invoice.id, attempt=number, next_attempt_at=later
+    )
+    if not due:
+        return
+    invoice.status = invoices.PAST_DUE
+    invoice.updated_at = now
+    session.flush()
+    notices.invoice_past_due(session, invoice, now)
+    if orgs.set_status(session, invoice.organization_id, orgs.SUSPENDED):
+        log.warning(
+            "organization %s suspended: invoice %s is past due (%s)",
+            invoice.organization_id,
+            invoice.number,
+            payment.failure_code,
+        )
+        notices.organization_suspended(session, invoice, now)
+    suspension.after_dunning(session, invoice, now)  # cancel_after_dunning plans
 
 
 def _paid(session: Session, invoice: Invoice, payment: Payment, now: datetime) -> None:
@@ -321,6 +344,7 @@ def _paid(session: Session, invoice: Invoice, payment: Payment, now: datetime) -
     invoice.paid_at = now
     invoice.updated_at = now
     session.flush()
+    notices.invoice_paid(session, invoice, now)
     resume_if_clear(session, invoice.organization_id, now)
 
 
@@ -469,6 +493,7 @@ def _record_first_attempts(
         return
     session.connection().execute(insert(_PAYMENTS), payments)
     session.connection().execute(_MARK_PAID, paid)
+    notices.invoices_paid(session, [str(row["b_id"]) for row in paid], now)
     for org in sorted({p["organization_id"] for p in payments}):
         if statuses.get(org) != orgs.ACTIVE:
             resume_if_clear(session, org, now)

@@ -32,7 +32,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
-from creditmeter.billing import domain, statements
+from creditmeter.billing import domain, notices, statements
 from creditmeter.billing.domain import Catalog, Period, Share
 from creditmeter.billing.models import (
     CreditNote,
@@ -93,7 +93,8 @@ def issue_many(
     query each, the numbers taken as one range per series (gapless, in organization id order), the
     invoices, lines, allocation marks and purchase marks written with one statement each. Lines:
     allocations, packages, overage, then credit-note deductions (against what the others owe).
-    Returns the invoice id per organization."""
+    Publishes ``invoice.issued`` for each (and ``invoice.paid`` for one with nothing to pay: one
+    insert per event, ``billing.notices``). Returns the invoice id per organization."""
     ordered = sorted(closes, key=lambda c: (c.organization_id, c.environment))
     if not ordered:
         return {}
@@ -141,6 +142,7 @@ def issue_many(
         session.connection().execute(_MARK_BILLED, billed)
     if sold:
         session.connection().execute(_MARK_PURCHASES_BILLED, sold)
+    notices.invoices_issued(session, invoices_)
     return {row["organization_id"]: row["id"] for row in invoices_}
 
 
