@@ -124,6 +124,7 @@ class Handler(BaseHTTPRequestHandler):
                 "type": envelope.get("type"),
                 "organization_id": envelope.get("organization_id"),
                 "environment": envelope.get("environment"),
+                "alert_id": ((envelope.get("data") or {}).get("alert") or {}).get("id"),
                 "status": status,
                 **check(self.server.load_secrets(), body, headers),
             }
