@@ -17,7 +17,8 @@ Guards (all checked under the organization's write lock, so two workers never bo
   cycle;
 - **a decline turns it off**: the setting is disabled with the processor's reason
   (``disabled_reason``) and the mark removed, instead of retrying in a loop; the organization
-  re-enables it with a PUT.
+  re-enables it with a PUT. The same transaction publishes ``auto_top_up.failed`` (once per declined
+  purchase, or per job that could not buy at all).
 
 A job stopped by the cooldown, a purchase in flight or the cap enqueues its own follow-up for when
 that ends, so a balance left low is topped up then without waiting for more usage.
@@ -36,7 +37,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import domain, purchases
+from creditmeter.billing import domain, notices, purchases
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.payments import methods as payment_methods
 from creditmeter.billing.payments.models import AutoTopUp, Purchase
@@ -188,18 +189,16 @@ def on_low_balance(
                 session, catalog, org, env, key, now
             )
     except (InvalidRequest, purchases.SubscriptionRequired) as exc:
-        _disable(db, org, env, f"cannot top up: {exc.detail}", now)
+        failure = _Failure(f"cannot top up: {exc.detail}", exc.code, f"job:{job.id}")
+        _disable(db, org, env, failure, now)
         return None
     if started is None:
         return None
     done = purchases.settle(db, provider, catalog, started.id)
     if done.status == purchases.FAILED:
+        reason = f"purchase {done.id} was declined: {done.failure_code}: {done.failure_message}"
         _disable(
-            db,
-            org,
-            env,
-            f"purchase {done.id} was declined: {done.failure_code}: {done.failure_message}",
-            now,
+            db, org, env, _Failure(reason, done.failure_code, f"purchase:{done.id}", done), now
         )
     elif done.status == purchases.SUCCEEDED:
         _again_if_still_low(db, org, env, now)
@@ -271,21 +270,51 @@ def _later(session: Session, balance: ledger.LockedBalance, at: datetime, now: d
     outbox.enqueue(session, [watch.job(balance.organization_id, balance.environment, at)], now=now)
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """Why a top-up failed: the reason recorded, the code, what caused it (the key of its
+    ``auto_top_up.failed``: the job, or the declined purchase) and the purchase, if any."""
+
+    reason: str
+    code: str | None
+    cause: str
+    purchase: Purchase | None = None
+
+
 def _disable(
-    db: Database, organization_id: str, environment: str, reason: str, now: datetime
+    db: Database, organization_id: str, environment: str, failure: _Failure, now: datetime
 ) -> None:
+    """Turn auto top-up off after ``failure`` and publish ``auto_top_up.failed`` (once per cause),
+    in one transaction."""
     with db.write() as session:
         balance = ledger.lock_balance(session, organization_id, environment)
-        disable(session, balance, reason, now)
+        row = _find(session, organization_id, environment)
+        package = row.package if row else None
+        turned_off = disable(session, balance, failure.reason, now)
+        notices.auto_top_up_failed(
+            session,
+            organization_id,
+            environment,
+            purchase=failure.purchase,
+            package=failure.purchase.package if failure.purchase else package,
+            failure_code=failure.code,
+            reason=failure.reason,
+            disabled=turned_off,
+            key=failure.cause,
+            at=now,
+        )
 
 
-def disable(session: Session, balance: ledger.LockedBalance, reason: str, now: datetime) -> None:
+def disable(session: Session, balance: ledger.LockedBalance, reason: str, now: datetime) -> bool:
     """Turn the organization's auto top-up off with ``reason`` (shown as ``disabled_reason``; a
     ``PUT`` with ``enabled: true`` turns it on again), in the caller's transaction, under the
-    balance lock the caller holds. Nothing to do when it has none or it is off."""
+    balance lock the caller holds. Nothing to do when it has none or it is off. Returns whether it
+    turned it off."""
     row = _find(session, balance.organization_id, balance.environment)
-    if row is not None and row.enabled:
-        row.enabled = False
-        row.disabled_reason = reason[:500]
-        row.updated_at = now
-        watch.set_mark(session, balance, None, now)
+    if row is None or not row.enabled:
+        return False
+    row.enabled = False
+    row.disabled_reason = reason[:500]
+    row.updated_at = now
+    watch.set_mark(session, balance, None, now)
+    return True

@@ -13,7 +13,9 @@ processor:
    the billing history; on success grant a ``purchase`` lot through ``ledger.service.grant`` (cost
    basis = amount paid per credit, the purchase expiry of the plan, the default priority), which pays
    any arrears first and so resumes a paused organization at once; on a decline mark the purchase
-   ``failed`` with the processor's reason and grant nothing.
+   ``failed`` with the processor's reason and grant nothing. The same transaction publishes
+   ``purchase.succeeded`` (and ``credits.granted``) or ``payment.failed`` and ``purchase.failed``
+   (``billing.notices``), once: a purchase leaves ``pending`` once.
 
 A crash or a lost connection between steps leaves a ``pending`` purchase. Running it again (the
 client retrying with the same ``Idempotency-Key``, or :func:`resume_pending`) repeats step 2 with the
@@ -39,7 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import domain, subscriptions
+from creditmeter.billing import domain, notices, subscriptions
 from creditmeter.billing.domain import Catalog, Terms
 from creditmeter.billing.models import Subscription
 from creditmeter.billing.payments import history
@@ -264,6 +266,7 @@ def _on_account(
     session.flush()  # the key's unique constraint before the grant
     row.lot_id = _grant(session, catalog, row, now)
     session.flush()
+    notices.purchase_done(session, row)
     return row
 
 
@@ -289,25 +292,22 @@ def _on_account_terms(session: Session, organization_id: str, environment: str) 
 
 def _grant(session: Session, catalog: Catalog, row: Purchase, now: datetime) -> str:
     """The purchase's lot: cost basis = the amount per credit, the plan's purchase expiry; any
-    arrears are paid first (so a paused organization resumes)."""
-    return ledger.grant(
-        session,
-        row.organization_id,
-        row.environment,
-        ledger.GrantRequest(
-            amount_micros=row.credits_micros,
-            source=LotSource.PURCHASE,
-            reason=f"purchase {row.id}: {_what(catalog, row)}",
-            effective_at=now,
-            expires_at=row.expires_at,
-            priority=PURCHASE_PRIORITY,
-            cost_basis_micros=domain.cost_basis_micros(
-                row.amount_minor, row.credits_micros, row.currency
-            ),
-            currency=row.currency,
+    arrears are paid first (so a paused organization resumes). Publishes ``credits.granted``."""
+    request = ledger.GrantRequest(
+        amount_micros=row.credits_micros,
+        source=LotSource.PURCHASE,
+        reason=f"purchase {row.id}: {_what(catalog, row)}",
+        effective_at=now,
+        expires_at=row.expires_at,
+        priority=PURCHASE_PRIORITY,
+        cost_basis_micros=domain.cost_basis_micros(
+            row.amount_minor, row.credits_micros, row.currency
         ),
-        now,
+        currency=row.currency,
     )
+    lot_id = ledger.grant(session, row.organization_id, row.environment, request, now)
+    notices.granted(session, [(row.organization_id, row.environment, lot_id, request)], now)
+    return lot_id
 
 
 def _method_for(
@@ -389,6 +389,9 @@ def complete(
         row.failure_code = result.failure_code or "payment_failed"
         row.failure_message = (result.failure_message or "the payment failed")[:500]
     session.flush()
+    if not result.succeeded:
+        notices.payment_failed(session, payment, purchase_id=row.id)
+    notices.purchase_done(session, row)
     return row
 
 
