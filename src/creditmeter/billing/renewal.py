@@ -9,7 +9,9 @@ non-payment the cycle's allocation is **withheld** instead: no lot and no fee, o
 ``withheld_allocations`` row recording what it would have been (``billing.suspension`` releases the
 rest of the cycle if the suspension ends inside it). ``allocated_through`` moves either way, so a
 cycle is allocated or withheld exactly once; the unique constraints of both tables back it up.
-Never commits.
+Each plan lot publishes ``credits.granted``, and each change applied or cycle withheld
+``subscription.updated`` (``cancelled``, ``downgraded``, ``allocation_withheld``), keyed by the
+subscription and the boundary (``billing.notices``: one insert per event). Never commits.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, cast
 from sqlalchemy import JSON, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import domain
+from creditmeter.billing import domain, notices
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog, Period, Terms
 from creditmeter.billing.models import PlanAllocation, Subscription, WithheldAllocation
@@ -118,9 +120,13 @@ def renew_many(
     withheld: list[tuple[Renewing, Terms, domain.Allocation]] = []
     allocations: dict[Terms, domain.Allocation] = {}
     changed = []
+    updates: list[notices.SubscriptionChange] = []
     for sub in renewing:
-        if _apply_pending(sub, boundary):
+        before = sub.plan
+        applied = _apply_pending(sub, boundary)
+        if applied:
             changed.append(sub)
+            updates.append(_change(sub, applied, before, boundary))
         if sub.status != subs.ACTIVE or sub.allocated_through != boundary:
             continue
         terms = Terms.from_json(sub.terms)
@@ -135,30 +141,26 @@ def renew_many(
         if sub not in changed:
             changed.append(sub)
     paid = [(sub, terms, alloc) for sub, terms, alloc in grants if alloc.credits_micros > 0]
-    lot_ids = ledger.grant_many(
-        session,
-        [
-            (
-                balances[sub.organization_id],
-                ledger.GrantRequest(
-                    amount_micros=alloc.credits_micros,
-                    source=LotSource.PLAN,
-                    reason=subs.allocation_reason(
-                        terms, period, "cycle", boundary, alloc.share.full
-                    ),
-                    effective_at=boundary,
-                    expires_at=alloc.expires_at,
-                    cost_basis_micros=domain.cost_basis_micros(
-                        alloc.fee_minor, alloc.credits_micros, terms.currency
-                    ),
-                    currency=terms.currency,
+    requests = [
+        (
+            balances[sub.organization_id],
+            ledger.GrantRequest(
+                amount_micros=alloc.credits_micros,
+                source=LotSource.PLAN,
+                reason=subs.allocation_reason(terms, period, "cycle", boundary, alloc.share.full),
+                effective_at=boundary,
+                expires_at=alloc.expires_at,
+                cost_basis_micros=domain.cost_basis_micros(
+                    alloc.fee_minor, alloc.credits_micros, terms.currency
                 ),
-            )
-            for sub, terms, alloc in paid
-        ],
-        boundary,
-    )
+                currency=terms.currency,
+            ),
+        )
+        for sub, terms, alloc in paid
+    ]
+    lot_ids = ledger.grant_many(session, requests, boundary)
     lots = {sub.id: lot_id for (sub, _, _), lot_id in zip(paid, lot_ids, strict=True)}
+    notices.granted_many(session, requests, lot_ids, boundary)
     sequences = _next_sequences(session, [sub.id for sub, _, _ in grants], period)
     if grants:
         session.connection().execute(
@@ -177,14 +179,20 @@ def renew_many(
         session.connection().execute(_SAVE_RENEWED, [_saved(sub) for sub in changed])
     for sub, _, alloc in grants:
         allocated[sub.id] = alloc.credits_micros
+    updates += [_change(sub, "withheld", terms.plan, boundary) for sub, terms, _ in withheld]
+    for update_ in updates:
+        key = f"{update_.subscription_id}:{boundary.isoformat()}"
+        notices.subscription_updated(session, update_, boundary, key)
     return allocated
 
 
-def _apply_pending(sub: Renewing, boundary: datetime) -> bool:
+def _apply_pending(sub: Renewing, boundary: datetime) -> str | None:
+    """Apply the pending cancellation or change due by ``boundary``; returns which it applied."""
     if not (
         sub.pending_action and sub.pending_effective_at and sub.pending_effective_at <= boundary
     ):
-        return False
+        return None
+    applied = sub.pending_action
     if sub.pending_action == "cancel":
         sub.status = subs.CANCELED
         sub.canceled_at = boundary
@@ -193,7 +201,35 @@ def _apply_pending(sub: Renewing, boundary: datetime) -> bool:
         sub.plan, sub.terms = terms.plan, terms.to_json()
     sub.pending_action = sub.pending_terms = sub.pending_effective_at = None
     sub.updated_at = boundary
-    return True
+    return applied
+
+
+def _change(
+    sub: Renewing, what: str, before: str, boundary: datetime
+) -> notices.SubscriptionChange:
+    """The ``subscription.updated`` of what the close did to ``sub``: a pending ``cancel`` or
+    ``change`` applied, or the cycle ``withheld`` (``before``: the plan before it)."""
+    change, previous, reason = {
+        "cancel": ("cancelled", None, None),
+        "change": ("downgraded", before, None),
+        "withheld": (
+            "allocation_withheld",
+            None,
+            "the organization is suspended for non-payment: the cycle's credits and fee are "
+            "withheld until its past-due invoices are paid",
+        ),
+    }[what]
+    return notices.SubscriptionChange(
+        sub.id,
+        sub.organization_id,
+        sub.environment,
+        sub.plan,
+        previous,
+        sub.status,
+        change,
+        boundary,
+        reason,
+    )
 
 
 def _next_sequences(session: Session, ids: list[str], period: Period) -> dict[str, int]:

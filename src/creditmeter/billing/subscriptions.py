@@ -18,6 +18,10 @@ plan changes of one organization never interleave. Plan credits enter the ledger
 - **Suspended for non-payment**: a first subscription or an upgrade (which would allocate credits
   and owe their fee now) is refused, ``409 organization_suspended``; see ``billing.suspension``.
   The cycle close's allocation step is ``billing.renewal``.
+- Each change publishes ``subscription.updated`` (``created``, ``upgraded``,
+  ``downgrade_scheduled``, ``cancellation_scheduled``, ``pending_change_withdrawn``) and each plan
+  lot ``credits.granted``, in the request's transaction (``billing.notices``); asking for what is
+  already so publishes nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import domain
+from creditmeter.billing import domain, notices
 from creditmeter.billing.domain import Catalog, Change, Period, Rollover, Terms
 from creditmeter.billing.models import PlanAllocation, Subscription, WithheldAllocation
 from creditmeter.errors import Conflict, Forbidden, InvalidRequest, NotFound
@@ -137,8 +141,10 @@ def subscribe(
     period = domain.period_of(now, catalog.zone)
     if sub is None or sub.status == CANCELED:
         _refuse_if_suspended(org.status, organization_id)
+        before = sub.plan if sub is not None else None
         sub = _start(session, sub, organization_id, environment, terms, period, now)
         allocate(session, catalog, sub, terms, None, period, now, "initial")
+        _updated(session, sub, "created", before, now, now)
         return state(session, catalog, sub, now)
     _check_current(sub, now)
     current = Terms.from_json(sub.terms)
@@ -148,15 +154,56 @@ def subscribe(
         sub.plan, sub.terms = terms.plan, terms.to_json()
         allocate(session, catalog, sub, terms, current, period, now, "upgrade")
         _clear_pending(sub)
+        _updated(session, sub, "upgraded", current.plan, now, now)
     elif change == Change.SAME:
-        _clear_pending(sub)
-    else:
+        if sub.pending_action is not None:
+            _clear_pending(sub)
+            _updated(session, sub, "pending_change_withdrawn", None, now, now)
+    elif sub.pending_action != "change" or sub.pending_terms != terms.to_json():
         sub.pending_action = "change"
         sub.pending_terms = terms.to_json()
         sub.pending_effective_at = sub.allocated_through
+        _updated(
+            session,
+            sub,
+            "downgrade_scheduled",
+            current.plan,
+            sub.allocated_through,
+            now,
+            terms.plan,
+        )
     sub.updated_at = now
     session.flush()
     return state(session, catalog, sub, now)
+
+
+def _updated(
+    session: Session,
+    sub: Subscription,
+    change: str,
+    previous_plan: str | None,
+    effective_at: datetime,
+    now: datetime,
+    plan: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """``subscription.updated`` for a change one request made (published once: the request
+    commits once); ``plan``: the plan the change puts it on, by default its plan now."""
+    notices.subscription_updated(
+        session,
+        notices.SubscriptionChange(
+            sub.id,
+            sub.organization_id,
+            sub.environment,
+            plan or sub.plan,
+            previous_plan,
+            sub.status,
+            change,
+            effective_at,
+            reason,
+        ),
+        now,
+    )
 
 
 def _refuse_if_suspended(status: str, organization_id: str) -> None:
@@ -185,6 +232,7 @@ def cancel(
         sub.pending_effective_at = sub.allocated_through
         sub.updated_at = now
         session.flush()
+        _updated(session, sub, "cancellation_scheduled", None, sub.allocated_through, now)
     return state(session, catalog, sub, now)
 
 
@@ -295,27 +343,24 @@ def allocate(
     now: datetime,
     kind: str,
 ) -> PlanAllocation:
-    """Grant the prorated allocation (a ``plan`` lot, if any credits) and record it with its fee."""
+    """Grant the prorated allocation (a ``plan`` lot, if any credits, published as
+    ``credits.granted``) and record it with its fee."""
     alloc = domain.allocation(terms, period, now, catalog.zone, previous)
     lot_id = None
     if alloc.credits_micros > 0:
-        lot_id = ledger.grant(
-            session,
-            sub.organization_id,
-            sub.environment,
-            ledger.GrantRequest(
-                amount_micros=alloc.credits_micros,
-                source=LotSource.PLAN,
-                reason=allocation_reason(terms, period, kind, now, alloc.share.full),
-                effective_at=now,
-                expires_at=alloc.expires_at,
-                cost_basis_micros=domain.cost_basis_micros(
-                    alloc.fee_minor, alloc.credits_micros, terms.currency
-                ),
-                currency=terms.currency,
+        request = ledger.GrantRequest(
+            amount_micros=alloc.credits_micros,
+            source=LotSource.PLAN,
+            reason=allocation_reason(terms, period, kind, now, alloc.share.full),
+            effective_at=now,
+            expires_at=alloc.expires_at,
+            cost_basis_micros=domain.cost_basis_micros(
+                alloc.fee_minor, alloc.credits_micros, terms.currency
             ),
-            now,
+            currency=terms.currency,
         )
+        lot_id = ledger.grant(session, sub.organization_id, sub.environment, request, now)
+        notices.granted(session, [(sub.organization_id, sub.environment, lot_id, request)], now)
     sequence = session.scalar(
         select(func.coalesce(func.max(PlanAllocation.sequence) + 1, 0)).where(
             PlanAllocation.subscription_id == sub.id,

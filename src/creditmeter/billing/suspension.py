@@ -39,7 +39,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import domain
+from creditmeter.billing import domain, notices
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog, Terms
 from creditmeter.billing.models import Invoice, Subscription, WithheldAllocation
@@ -102,6 +102,18 @@ def release(
         row.released_at = now
         row.plan_allocation_id = made.id
         released.append(row)
+        change = notices.SubscriptionChange(
+            sub.id,
+            organization_id,
+            sub.environment,
+            sub.plan,
+            None,
+            sub.status,
+            "allocation_released",
+            now,
+            f"the suspension ended: the rest of {period.label} is allocated",
+        )
+        notices.subscription_updated(session, change, now, f"{sub.id}:{period.start.isoformat()}")
         log.info(
             "organization %s (%s): plan credits of %s released from %s (suspension ended)",
             organization_id,
@@ -133,6 +145,18 @@ def after_dunning(session: Session, invoice: Invoice, now: datetime) -> bool:
     sub.pending_effective_at = sub.allocated_through
     sub.updated_at = now
     session.flush()
+    change = notices.SubscriptionChange(
+        sub.id,
+        sub.organization_id,
+        sub.environment,
+        sub.plan,
+        None,
+        sub.status,
+        "cancellation_scheduled",
+        sub.allocated_through,
+        f"invoice {invoice.number} is past due: the plan cancels after dunning",
+    )
+    notices.subscription_updated(session, change, now, f"dunning:{invoice.id}")
     log.warning(
         "organization %s (%s): subscription canceled from %s, invoice %s's dunning ran out",
         invoice.organization_id,
