@@ -35,7 +35,7 @@ from creditmeter.api.schemas import (
     Page,
     ReverseRequest,
 )
-from creditmeter.billing import credit_notes, org_time
+from creditmeter.billing import credit_notes, notices, org_time
 from creditmeter.config import Settings
 from creditmeter.errors import InvalidRequest, NotFound
 from creditmeter.kit.credits import format_credits
@@ -139,6 +139,7 @@ def create_grant(
         )
         lot = session.get(Lot, ledger.grant(session, org_id, env, request, now))
         assert lot is not None
+        notices.granted(session, [(org_id, env, lot.id, request)], now)
         return LotOut.model_validate(lot_out(lot)).model_dump(mode="json")
 
     return run_once(

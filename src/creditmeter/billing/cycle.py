@@ -34,6 +34,16 @@ the test clocks' and ``creditmeter cycle run --org`` — is the same path with a
 ``after_step`` (tests inject crashes there) is called per close once its step's chunk transaction
 has committed.
 
+**Events.** Each step publishes the catalog events of what it changed in its own transaction
+(``billing.notices``): ``credits.expired`` (one per organization) and ``credits.granted`` for the
+overage settlement at ``expiry``; ``credits.granted`` per plan lot and ``subscription.updated`` per
+change applied or cycle withheld at ``allocation``; ``invoice.issued`` (and ``invoice.paid`` for
+nothing to pay) at ``invoice``; the charge's outcome (``invoice.paid``, ``payment.failed``) is
+published by ``billing.dunning`` when it is recorded. Each is keyed by its cause, so a resumed or
+repeated close publishes nothing twice. Publishing is one insert per event (and the fan-out of
+``notify.events.publish``), about four per organization and month: the one part of a chunk's step
+that is not one statement per table.
+
 Every ledger write of a close is made *as of the boundary* (expiry, allocation, overage), not as of the
 moment the close runs, so a close that runs late, or a catch-up after downtime that crosses several
 boundaries one by one, in order, produces the same lots and invoices as closes run on time. ``now``
@@ -52,7 +62,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import domain, invoices, renewal, statements, suspension
+from creditmeter.billing import domain, invoices, notices, renewal, statements, suspension
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog, Period, Terms
 from creditmeter.billing.models import CycleClose, Invoice, Subscription, TestClockAttachment
@@ -479,7 +489,9 @@ def _expire(
     of the plans that invoice it in arrears: the arrears left at the boundary are billed, and
     settled now by an ``adjustment`` lot (priority 0: it pays them first) bought at the plan's
     price per credit, so the new month's credits start clean."""
+    mark = notices.journal_mark(session)
     expired = ledger.expire_many(session, [balances[r.organization_id] for r in todo], boundary)
+    notices.expired_since(session, mark, sorted(expired), boundary)
     renewing = renewal.load_renewing(session, [r.subscription_id for r in todo])
     grants = []
     for r in todo:
@@ -501,7 +513,8 @@ def _expire(
             currency=terms.currency,
         )
         grants.append((balance, request))
-    ledger.grant_many(session, grants, boundary)
+    lot_ids = ledger.grant_many(session, grants, boundary)
+    notices.granted_many(session, grants, lot_ids, boundary)
 
 
 def _invoice(

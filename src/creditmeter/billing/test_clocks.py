@@ -41,7 +41,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from creditmeter.billing import cycle, domain, dunning, org_time
+from creditmeter.billing import cycle, domain, dunning, notices, org_time
 from creditmeter.billing import subscriptions as subs
 from creditmeter.billing.domain import Catalog
 from creditmeter.billing.models import Subscription, TestClock, TestClockAttachment
@@ -341,15 +341,26 @@ def _run_at(
         if dunning.next_due_at(db, org) is not None:
             dunning.run_due(db, payments.provider, moment, org, include_clocked=True)
         with db.write() as session:
-            ledger.expire_due(session, moment, org)
+            expire_due(session, moment, org)
+
+
+def expire_due(
+    session: Session, now: datetime, organization_id: str | None = None
+) -> list[tuple[str, str, int]]:
+    """``ledger.expire_due`` (of one organization, or all) with its ``credits.expired`` events: one
+    per organization, environment and run, in the same transaction (``billing.notices``)."""
+    mark = notices.journal_mark(session)
+    results = ledger.expire_due(session, now, organization_id)
+    notices.expired_since(session, mark, [org for org, _, _ in results], now)
+    return results
 
 
 def expire_due_on_real_time(session: Session, now: datetime) -> list[tuple[str, str, int]]:
-    """``ledger.expire_due`` for the worker: every organization except those on a test clock
-    (their lots expire when their clock passes them)."""
+    """``expire_due`` for the worker: every organization except those on a test clock (their lots
+    expire when their clock passes them)."""
     clocked = set(session.scalars(select(TestClockAttachment.organization_id)))
     if not clocked:
-        return ledger.expire_due(session, now)
+        return expire_due(session, now)
     due = session.scalars(
         select(Lot.organization_id)
         .where(Lot.remaining_micros > 0, Lot.expires_at.is_not(None), Lot.expires_at <= now)
@@ -359,5 +370,5 @@ def expire_due_on_real_time(session: Session, now: datetime) -> list[tuple[str, 
     results = []
     for org in list(due):
         if org not in clocked:
-            results += ledger.expire_due(session, now, org)
+            results += expire_due(session, now, org)
     return results
