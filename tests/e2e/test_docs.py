@@ -172,6 +172,7 @@ def test_the_readme_walk_then_the_sdk_example_run_as_written(
     assert '"external_id":"acme"' in walk
     assert '"status":"succeeded"' in walk  # the package was paid for
     assert "ledger verified" in walk
+    assert '"type":"alert.triggered"' in walk  # the alert fired and the worker published it
     lines = sdk_output.splitlines()
     assert lines[0] == "applied 0.0042"
     assert lines[1] == "3"

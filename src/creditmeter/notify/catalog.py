@@ -307,13 +307,17 @@ class Envelope(BaseModel):
     id: str = Field(
         description="The event id (`evt_…`): the same on every retry; de-duplicate on it."
     )
-    type: str
-    version: int
-    organization_id: str | None
-    environment: str
-    occurred_at: datetime
-    created_at: datetime
-    data: dict[str, Any]
+    type: str = Field(description="The event type, e.g. `alert.triggered`.")
+    version: int = Field(description="The version of the type's `data` schema.")
+    organization_id: str | None = Field(
+        description="The organization the event is about (null for none)."
+    )
+    environment: str = Field(description="`live` or `test`.")
+    occurred_at: datetime = Field(
+        description="When it happened (the organization's test-clock time for one on a test clock)."
+    )
+    created_at: datetime = Field(description="When the event was written.")
+    data: dict[str, Any] = Field(description="The type's payload (below).")
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

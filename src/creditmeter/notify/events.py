@@ -50,8 +50,13 @@ def publish(
     if source_key is None:
         session.execute(insert(NotificationEvent).values(**row))
     else:
-        stmt = _insert(session).values(**row).on_conflict_do_nothing(index_elements=["source_key"])
-        if not session.execute(stmt).rowcount:  # type: ignore[attr-defined]
+        stmt = (
+            _insert(session)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=["source_key"])
+            .returning(NotificationEvent.id)
+        )
+        if session.execute(stmt).scalar() is None:  # the same cause published it already
             return None
     event = session.get(NotificationEvent, row["id"])
     assert event is not None
