@@ -26,6 +26,8 @@ from creditmeter.ledger.verify import verify
 from creditmeter.metering.domain import EventInput
 from creditmeter.metering.ingest import IngestContext, ingest
 from creditmeter.models import metadata
+from creditmeter.notify import alert_rules, events, webhooks
+from creditmeter.notify.models import Email, WebhookDelivery
 from creditmeter.pricing import load_rate_card
 from tests import metering
 
@@ -39,6 +41,7 @@ AUTO_TOP_UP = {
     "package": "standard",
     "monthly_limit_money": 100000,
 }
+DELIVERY = "/v1/organizations/{org}/webhook-endpoints/{endpoint}/deliveries/{delivery}"
 #: Every endpoint of one organization: (method, path, JSON body). {org}, {key}, {txn}, {project},
 #: {event} and {method} are filled with the target organization, one of its API keys, one of its
 #: journal transactions, one of its projects, one of its usage events and one of its payment methods.
@@ -76,6 +79,29 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/organizations/{org}/purchases", {"package": "standard"}),
     ("GET", "/v1/organizations/{org}/auto-top-up", None),
     ("PUT", "/v1/organizations/{org}/auto-top-up", AUTO_TOP_UP),
+    ("GET", "/v1/organizations/{org}/alerts", None),
+    ("POST", "/v1/organizations/{org}/alerts", {"type": "credits_below", "threshold": "5"}),
+    ("GET", "/v1/organizations/{org}/alerts/{alert}", None),
+    ("PATCH", "/v1/organizations/{org}/alerts/{alert}", {"enabled": False}),
+    ("DELETE", "/v1/organizations/{org}/alerts/{alert}", None),
+    ("GET", "/v1/organizations/{org}/webhook-endpoints", None),
+    ("POST", "/v1/organizations/{org}/webhook-endpoints", {"url": "https://93.184.216.34/hook"}),
+    ("GET", "/v1/organizations/{org}/webhook-endpoints/{endpoint}", None),
+    ("PATCH", "/v1/organizations/{org}/webhook-endpoints/{endpoint}", {"description": "mine"}),
+    ("DELETE", "/v1/organizations/{org}/webhook-endpoints/{endpoint}", None),
+    ("POST", "/v1/organizations/{org}/webhook-endpoints/{endpoint}/rotate-secret", {}),
+    ("POST", "/v1/organizations/{org}/webhook-endpoints/{endpoint}/test", {}),
+    ("GET", "/v1/organizations/{org}/webhook-endpoints/{endpoint}/deliveries", None),
+    ("POST", DELIVERY + "/redeliver", None),
+    ("GET", "/v1/organizations/{org}/notification-events", None),
+    ("GET", "/v1/organizations/{org}/emails", None),
+    ("GET", "/v1/organizations/{org}/emails/{email}", None),
+    ("GET", "/v1/organizations/{org}/members/{member}/notification-preferences", None),
+    (
+        "PUT",
+        "/v1/organizations/{org}/members/{member}/notification-preferences",
+        {"unsubscribed": True},
+    ),
 ]
 
 
@@ -89,6 +115,11 @@ class Tenant:
     project: str
     event: str
     method: str
+    member: str
+    alert: str
+    endpoint: str
+    delivery: str
+    email: str
 
 
 def ingest_context(caller_organization: str | None) -> IngestContext:
@@ -127,7 +158,7 @@ def tenant(
         now = clock.now()
         with db.write() as s:
             project = orgs.create_project(s, org, "Research", now).id
-            orgs.add_member(s, org, f"owner@{name.lower()}.example", Role.OWNER, now)
+            member = orgs.add_member(s, org, f"owner@{name.lower()}.example", Role.OWNER, now).id
             key, secret = orgs.create_api_key(
                 s, org, "admin", [Scope.ORG_ADMIN], Environment.LIVE, now
             )
@@ -148,6 +179,21 @@ def tenant(
             assert (used.status, used.credits_micros) == ("applied", 5_000)
             card = AttachedMethod(f"pm_sbx_{name.lower()}", "visa", "4242", 12, 2030)
             method = payment_methods.record_method(s, org, "live", "sandbox", card, False, now)
+            alert = alert_rules.create(
+                s, org, "live", alert_rules.RuleInput("credits_below", "1"), now
+            ).id
+            endpoint, _ = webhooks.create_endpoint(
+                s, organization_id=org, environment="live", url="https://93.184.216.34/tenant",
+                description="", event_types=[], now=now,
+            )  # fmt: skip
+            event = events.publish(
+                s, "organization.paused", organization_id=org, environment="live",
+                data={"available_credits": "0", "at": now, "reason": "insufficient_credits"},
+                now=now,
+            )  # fmt: skip
+            assert event is not None
+            delivery = s.scalars(select(WebhookDelivery.id)).all()[-1]
+            email = s.scalars(select(Email.id).where(Email.organization_id == org)).one()
         return Tenant(
             org,
             key.id,
@@ -157,6 +203,11 @@ def tenant(
             project,
             used.id,
             method.id,
+            member,
+            alert,
+            endpoint.id,
+            delivery,
+            email,
         )
 
     return _make
@@ -198,6 +249,11 @@ def call(
         project=target.project,
         event=target.event,
         method=target.method,
+        member=target.member,
+        alert=target.alert,
+        endpoint=target.endpoint,
+        delivery=target.delivery,
+        email=target.email,
     )
     extra = {"Idempotency-Key": "isolation-1"} if method == "POST" else {}
     return client.request(method, url, json=body, headers={**headers, **extra})
@@ -255,6 +311,11 @@ def test_the_matrix_covers_every_endpoint_of_an_organization(client: TestClient)
         "{project_id}": "{project}",
         "{event_id}": "{event}",
         "{method_id}": "{method}",
+        "{member_id}": "{member}",
+        "{alert_id}": "{alert}",
+        "{endpoint_id}": "{endpoint}",
+        "{delivery_id}": "{delivery}",
+        "{email_id}": "{email}",
     }
     published = set()
     for path, operations in client.get("/openapi.json").json()["paths"].items():
@@ -383,6 +444,30 @@ ALLOWED = {  # (method, path) -> the status for org:admin, org:read, org:ingest
     ("POST", "/v1/organizations/{org}/purchases"): (409, 403, 403),
     ("GET", "/v1/organizations/{org}/auto-top-up"): (404, 404, 403),  # none set up
     ("PUT", "/v1/organizations/{org}/auto-top-up"): (409, 403, 403),  # no plan yet
+    ("GET", "/v1/organizations/{org}/alerts"): (200, 200, 403),
+    ("POST", "/v1/organizations/{org}/alerts"): (201, 403, 403),
+    ("GET", "/v1/organizations/{org}/alerts/{alert}"): (200, 200, 403),
+    ("PATCH", "/v1/organizations/{org}/alerts/{alert}"): (200, 403, 403),
+    ("DELETE", "/v1/organizations/{org}/alerts/{alert}"): (200, 403, 403),
+    # Endpoints (their URLs, their deliveries' responses) are for admins only.
+    ("GET", "/v1/organizations/{org}/webhook-endpoints"): (200, 403, 403),
+    ("POST", "/v1/organizations/{org}/webhook-endpoints"): (201, 403, 403),
+    ("GET", "/v1/organizations/{org}/webhook-endpoints/{endpoint}"): (200, 403, 403),
+    ("PATCH", "/v1/organizations/{org}/webhook-endpoints/{endpoint}"): (200, 403, 403),
+    ("DELETE", "/v1/organizations/{org}/webhook-endpoints/{endpoint}"): (200, 403, 403),
+    ("POST", "/v1/organizations/{org}/webhook-endpoints/{endpoint}/rotate-secret"): (
+        200,
+        403,
+        403,
+    ),
+    ("POST", "/v1/organizations/{org}/webhook-endpoints/{endpoint}/test"): (202, 403, 403),
+    ("GET", "/v1/organizations/{org}/webhook-endpoints/{endpoint}/deliveries"): (200, 403, 403),
+    ("POST", DELIVERY + "/redeliver"): (202, 403, 403),
+    ("GET", "/v1/organizations/{org}/notification-events"): (200, 200, 403),
+    ("GET", "/v1/organizations/{org}/emails"): (200, 200, 403),
+    ("GET", "/v1/organizations/{org}/emails/{email}"): (200, 200, 403),
+    ("GET", "/v1/organizations/{org}/members/{member}/notification-preferences"): (200, 403, 403),
+    ("PUT", "/v1/organizations/{org}/members/{member}/notification-preferences"): (200, 403, 403),
 }
 
 
