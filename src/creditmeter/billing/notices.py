@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -49,6 +49,17 @@ from creditmeter.notify import events
 _SETTLED = ("paid", "void")
 
 
+class _Event(NamedTuple):
+    """One event to publish: its type, organization, environment, data, business time and key."""
+
+    type_: str
+    organization_id: str
+    environment: str
+    data: dict[str, Any]
+    at: datetime
+    key: str | None
+
+
 def _publish(
     session: Session,
     type_: str,
@@ -58,16 +69,25 @@ def _publish(
     at: datetime,
     key: str | None,
 ) -> None:
-    events.publish(
-        session,
-        type_,
-        organization_id=organization_id,
-        environment=environment,
-        data=data,
-        now=clock.now(),
-        occurred_at=at,
-        source_key=key,
-    )
+    _publish_all(session, [_Event(type_, organization_id, environment, data, at, key)])
+
+
+def _publish_all(session: Session, items: Iterable[_Event]) -> None:
+    """Publish ``items`` in order. The one place the batched steps (a cycle close's chunk, an
+    expiry run) publish through: ``notify.events.publish`` writes one event per call (an insert, a
+    read and the fan-out), so a set-based publish would take its place here."""
+    now = clock.now()
+    for item in items:
+        events.publish(
+            session,
+            item.type_,
+            organization_id=item.organization_id,
+            environment=item.environment,
+            data=item.data,
+            now=now,
+            occurred_at=item.at,
+            source_key=item.key,
+        )
 
 
 # --- invoices ---------------------------------------------------------------------------------
@@ -111,30 +131,25 @@ class InvoiceFacts:
         }
 
 
-def _invoice_event(session: Session, type_: str, facts: InvoiceFacts, at: datetime) -> None:
-    _publish(
-        session,
-        type_,
-        facts.organization_id,
-        facts.environment,
-        facts.data(),
-        at,
-        f"{type_}:{facts.id}",
-    )
+def _invoice_event(type_: str, facts: InvoiceFacts, at: datetime) -> _Event:
+    key = f"{type_}:{facts.id}"
+    return _Event(type_, facts.organization_id, facts.environment, facts.data(), at, key)
 
 
 def invoices_issued(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """``invoice.issued`` for each invoice row just inserted (at its ``issued_at``), and
     ``invoice.paid`` for one issued with nothing to pay (``paid`` when issued)."""
+    items = []
     for row in rows:
         facts = InvoiceFacts.of(row)
-        _invoice_event(session, "invoice.issued", facts, row["issued_at"])
+        items.append(_invoice_event("invoice.issued", facts, row["issued_at"]))
         if facts.status == "paid":
-            _invoice_event(session, "invoice.paid", facts, row["paid_at"] or row["issued_at"])
+            items.append(_invoice_event("invoice.paid", facts, row["paid_at"] or row["issued_at"]))
+    _publish_all(session, items)
 
 
 def invoice_paid(session: Session, invoice: Invoice, at: datetime) -> None:
-    _invoice_event(session, "invoice.paid", InvoiceFacts.of(invoice), at)
+    _publish_all(session, [_invoice_event("invoice.paid", InvoiceFacts.of(invoice), at)])
 
 
 def invoices_paid(session: Session, invoice_ids: Sequence[str], at: datetime) -> None:
@@ -145,12 +160,11 @@ def invoices_paid(session: Session, invoice_ids: Sequence[str], at: datetime) ->
         .order_by(Invoice.id)
         .execution_options(populate_existing=True)
     )
-    for invoice in rows:
-        invoice_paid(session, invoice, at)
+    _publish_all(session, [_invoice_event("invoice.paid", InvoiceFacts.of(r), at) for r in rows])
 
 
 def invoice_past_due(session: Session, invoice: Invoice, at: datetime) -> None:
-    _invoice_event(session, "invoice.past_due", InvoiceFacts.of(invoice), at)
+    _publish_all(session, [_invoice_event("invoice.past_due", InvoiceFacts.of(invoice), at)])
 
 
 def organization_suspended(session: Session, invoice: Invoice, at: datetime) -> None:
@@ -313,23 +327,27 @@ def granted(
 ) -> None:
     """``credits.granted`` per lot, each ``(organization, environment, lot id, the request that
     granted it)``, granted at ``at``."""
-    for organization_id, environment, lot_id, request in lots:
-        _publish(
-            session,
-            "credits.granted",
-            organization_id,
-            environment,
-            {
-                "lot_id": lot_id,
-                "source": request.source.value,
-                "credits": format_credits(request.amount_micros),
-                "effective_at": request.effective_at,
-                "expires_at": request.expires_at,
-                "reason": request.reason,
-            },
-            at,
-            f"credits.granted:{lot_id}",
-        )
+    _publish_all(
+        session,
+        [
+            _Event(
+                "credits.granted",
+                organization_id,
+                environment,
+                {
+                    "lot_id": lot_id,
+                    "source": request.source.value,
+                    "credits": format_credits(request.amount_micros),
+                    "effective_at": request.effective_at,
+                    "expires_at": request.expires_at,
+                    "reason": request.reason,
+                },
+                at,
+                f"credits.granted:{lot_id}",
+            )
+            for organization_id, environment, lot_id, request in lots
+        ],
+    )
 
 
 def granted_many(
@@ -384,18 +402,23 @@ def expired_since(
         )
         for txn_id, org, env, lot_id, amount in rows:
             lots[(txn_id, org, env)].append((str(lot_id), -amount))
-    for (txn_id, org, env), mine in sorted(lots.items()):
-        _publish(
-            session,
-            "credits.expired",
-            org,
-            env,
-            {
-                "credits": format_credits(sum(amount for _, amount in mine)),
-                "lots": [
-                    {"lot_id": lot_id, "credits": format_credits(amount)} for lot_id, amount in mine
-                ],
-            },
-            at,
-            f"credits.expired:txn_{txn_id}",
-        )
+    _publish_all(
+        session,
+        [
+            _Event(
+                "credits.expired",
+                org,
+                env,
+                {
+                    "credits": format_credits(sum(amount for _, amount in mine)),
+                    "lots": [
+                        {"lot_id": lot_id, "credits": format_credits(amount)}
+                        for lot_id, amount in mine
+                    ],
+                },
+                at,
+                f"credits.expired:txn_{txn_id}",
+            )
+            for (txn_id, org, env), mine in sorted(lots.items())
+        ],
+    )
