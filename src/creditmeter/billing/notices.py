@@ -221,7 +221,7 @@ def payment_failed(
 def purchase_done(session: Session, purchase: Purchase) -> None:
     """``purchase.succeeded`` or ``purchase.failed`` for a purchase that just left ``pending`` (or
     was made on account), at its ``completed_at``."""
-    type_ = f"purchase.{purchase.status}"
+    type_ = "purchase.succeeded" if purchase.status == "succeeded" else "purchase.failed"
     _publish(
         session,
         type_,
