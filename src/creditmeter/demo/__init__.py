@@ -2,7 +2,7 @@
 organizations that show the whole product at once, and makes fresh keys to explore them with.
 
 - **Acme AI** (``demo-acme``, live): projects, members, credits from every source, two weeks of metered
-  usage, a hold and a project budget (``live.py``).
+  usage, a hold and a project budget (``live.py``), alert rules (``alerts.py``).
 - **Globex Research** (``demo-globex``, live): paused after a training run used more than it had.
 - **Orbital Labs** (``demo-orbital``, test): four months billed on a test clock through the real
   services: a subscription, monthly closes, invoices with PDFs, payments, a package bought with the
@@ -20,6 +20,7 @@ from datetime import datetime
 from creditmeter.billing.payments.sandbox import SandboxProvider
 from creditmeter.billing.plans import load_catalog
 from creditmeter.config import default_database_url
+from creditmeter.demo.alerts import seed_alerts
 from creditmeter.demo.billing import ORBITAL, seed_orbital
 from creditmeter.demo.live import ACME, GLOBEX, seed_live
 from creditmeter.kit.db import Database
@@ -50,6 +51,7 @@ def seed(
     short), and fresh keys to explore them with. Bills Orbital Labs with the sandbox processor."""
     with db.write() as session:
         acme, globex = seed_live(session, now, rate_card)
+        seed_alerts(session, acme, now)
     orbital = seed_orbital(db, now, rate_card, load_catalog(plans_path), SandboxProvider(db))
     with db.write() as session:
         _, operator_key = orgs.create_api_key(
@@ -79,7 +81,8 @@ def banner(keys: DemoKeys, base_url: str) -> str:
     lines = [
         "creditmeter demo: three organizations (kept between runs), new keys each run",
         "",
-        "  demo-acme     Acme AI, live: two weeks of usage, a hold, a project budget",
+        "  demo-acme     Acme AI, live: two weeks of usage, a hold, a project budget,",
+        "                alert rules (their alerts: notification-events, e-mails)",
         "  demo-globex   Globex Research, live: paused, it used more than it had",
         "  demo-orbital  Orbital Labs, test: billed for four months on a test clock",
         f"                (now at {keys.orbital_clock_time:%Y-%m-%d}): paid invoices with PDFs, a package",
@@ -100,6 +103,8 @@ def banner(keys: DemoKeys, base_url: str) -> str:
         f"    {base_url}/v1/organizations/{ACME}/balance",
         '  curl -H "Authorization: Bearer $ORBITAL" \\',
         f"    {base_url}/v1/organizations/{ORBITAL}/invoices",
+        '  curl -H "Authorization: Bearer $ACME" \\',
+        f"    {base_url}/v1/organizations/{ACME}/notification-events",
         f"  .venv/bin/creditmeter balance {ACME}",
         f"API docs: {base_url}/docs",
     ]
