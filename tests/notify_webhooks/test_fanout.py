@@ -20,9 +20,8 @@ from tests.notify_webhooks.conftest import Receiver, make_endpoint, publish, rea
 def deliveries(db: Database) -> set[tuple[str, str]]:
     """(endpoint, event) of every delivery."""
     with db.read() as s:
-        return set(
-            s.execute(select(WebhookDelivery.endpoint_id, WebhookDelivery.event_id)).tuples()
-        )
+        rows = s.execute(select(WebhookDelivery.endpoint_id, WebhookDelivery.event_id))
+        return {(endpoint_id, event_id) for endpoint_id, event_id in rows}
 
 
 def test_events_fan_out_to_matching_endpoints_only(

@@ -30,13 +30,21 @@ MAX_URL_LENGTH = 2000
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class DestinationRefused(Exception):
-    """A URL (or what its host resolves to) that webhooks may not be sent to; ``code`` says why:
-    ``webhook_url_invalid``, ``webhook_url_not_allowed`` or ``webhook_url_unresolvable``."""
+class DestinationRefused(InvalidRequest):
+    """A URL (or what its host resolves to) that webhooks may not be sent to: a 422 whose ``code``
+    says why (``webhook_url_invalid``, ``webhook_url_not_allowed``, ``webhook_url_unresolvable``)
+    and whose detail names the setting an operator can change (:data:`ALLOW_PRIVATE_SETTING`)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        detail = f"url: {message}"
+        if code == "webhook_url_not_allowed":
+            detail += (
+                "; webhook URLs must reach a public address (an operator can allow private and "
+                f"loopback addresses with {ALLOW_PRIVATE_SETTING}=true)"
+            )
+        super().__init__(
+            detail, code=code, errors=[{"field": "url", "type": code, "message": message}]
+        )
         self.message = message
 
 
@@ -162,20 +170,6 @@ def resolve_destination(url: str, *, allow_private: bool) -> Destination:
 
 
 def check_url(url: str, *, allow_private: bool) -> str:
-    """The URL, if webhooks may be sent to it now; else a 422 whose ``code`` says why and whose text
-    names the setting an operator can change (:data:`ALLOW_PRIVATE_SETTING`)."""
-    try:
-        resolve_destination(url, allow_private=allow_private)
-    except DestinationRefused as exc:
-        detail = f"url: {exc.message}"
-        if exc.code == "webhook_url_not_allowed":
-            detail += (
-                "; webhook URLs must reach a public address (an operator can allow private and "
-                f"loopback addresses with {ALLOW_PRIVATE_SETTING}=true)"
-            )
-        raise InvalidRequest(
-            detail,
-            code=exc.code,
-            errors=[{"field": "url", "type": exc.code, "message": exc.message}],
-        ) from None
+    """The URL, if webhooks may be sent to it now; else :class:`DestinationRefused` (a 422)."""
+    resolve_destination(url, allow_private=allow_private)
     return url
