@@ -367,3 +367,29 @@ def test_lists_page_with_a_cursor(client: TestClient, org_admin: Callable[..., A
         client.get(endpoints(org) + "?cursor=bogus!", headers=admin), 422, "invalid_cursor"
     )
     assert_problem(client.get(endpoints(org) + "?limit=0", headers=admin), 422)
+
+
+def test_text_that_is_not_unicode_is_refused_in_every_field(
+    client: TestClient, org_admin: Callable[..., Any], db: Database
+) -> None:
+    import json
+
+    from tests.api.test_bad_input import everything
+
+    org, admin = org_admin()
+    endpoint = create(client, org, admin)
+    before = everything(db)
+    raw_headers = {**admin, "Content-Type": "application/json"}
+    for lone in ("\udc00", "\u0000"):
+        for method, path, body in [
+            ("POST", endpoints(org), {"url": PUBLIC + lone}),
+            ("POST", endpoints(org), {"url": PUBLIC, "description": lone}),
+            ("POST", endpoints(org), {"url": PUBLIC, "event_types": [lone]}),
+            ("PATCH", f"{endpoints(org)}/{endpoint['id']}", {"description": lone}),
+            ("POST", f"{endpoints(org)}/{endpoint['id']}/test", {"message": lone}),
+        ]:
+            answer = client.request(
+                method, path, content=json.dumps(body).encode("ascii"), headers=raw_headers
+            )
+            assert_problem(answer, 422, "validation_failed")
+    assert everything(db) == before

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from creditmeter.config import Settings
 from creditmeter.kit import outbox
 from creditmeter.kit.db import Database
-from creditmeter.notify import delivery, webhooks
+from creditmeter.notify import webhook_http, webhooks
 from creditmeter.notify.models import WebhookDelivery, WebhookEndpoint
 from tests.notify_webhooks.conftest import Receiver, make_endpoint, publish, real_now, run_jobs
 
@@ -97,7 +97,7 @@ def test_events_fan_out_to_matching_endpoints_only(
         assert len(request["verified_with"]) == 1, request
         assert request["signatures"] == 1
         assert request["webhook_id"] == request["event_id"]
-        assert request["user_agent"] == delivery.USER_AGENT
+        assert request["user_agent"] == webhook_http.USER_AGENT
         assert request["content_type"] == "application/json"
         by_route.setdefault(request["query"].get("to", request["verified_with"][0]), set()).add(
             (request["event_id"], request["organization_id"])

@@ -22,32 +22,27 @@ unexpected error (the database is down) raises, and then the outbox runs the job
   for :data:`DISABLE_AFTER` (``failing_since``) is disabled at its next failure, and its
   organization's owners and admins are e-mailed. Either way its pending deliveries are failed.
 - **Destination.** Redirects are never followed; the host is resolved and checked again before
-  every attempt and the request goes to an address just checked (``notify.destinations``).
+  every attempt and the request goes to an address just checked. The HTTP attempt itself (headers,
+  signing, pinning, bounded reads) is ``notify.webhook_http``.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import logging
 import random
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from standardwebhooks import Webhook
 
-from creditmeter import __version__
 from creditmeter.config import Settings
 from creditmeter.kit import clock, outbox
 from creditmeter.kit.db import Database
-from creditmeter.notify import destinations, events, webhooks
 from creditmeter.notify import email as notify_email
+from creditmeter.notify import webhook_http, webhooks
 from creditmeter.notify.models import (
     NotificationEvent,
     WebhookAttempt,
@@ -60,7 +55,6 @@ from creditmeter.orgs.service import Role
 log = logging.getLogger("creditmeter.webhooks")
 
 WEBHOOK_DELIVERY: Final = webhooks.WEBHOOK_DELIVERY
-USER_AGENT: Final = f"creditmeter-webhooks/{__version__}"
 #: The wait before attempt ``n + 1`` after ``n`` attempts (index ``n``): 12 attempts in all.
 SCHEDULE: Final = (
     timedelta(0),
@@ -77,62 +71,8 @@ MAX_SPAN: Final = timedelta(days=3, hours=12)
 RETRY_AFTER_CAP: Final = timedelta(hours=24)
 #: An endpoint failing for this long is disabled at its next failure.
 DISABLE_AFTER: Final = timedelta(days=5)
-EXCERPT_CHARS: Final = 1000
-#: At most this much of a response body is read (the excerpt keeps 1000 characters of it).
-READ_LIMIT: Final = 8192
 
 _rng = random.Random()  # noqa: S311 - jitter, not a secret
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One attempt to make: what to send where."""
-
-    delivery_id: str
-    endpoint_id: str
-    number: int
-    url: str
-    event_id: str
-    body: bytes
-    secrets: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Result:
-    """What one attempt got: a status code, or an error (no answer), and how long it took."""
-
-    started_at: datetime
-    status_code: int | None
-    latency_ms: int
-    excerpt: str = ""
-    error: str | None = None
-    retry_after: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
-def body_of(event: NotificationEvent) -> bytes:
-    """The request body: the event's envelope as compact JSON (signed byte for byte)."""
-    return json.dumps(events.envelope(event), separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def signature_header(
-    plan_secrets: tuple[str, ...] | list[str], msg_id: str, at: datetime, body: bytes
-) -> str:
-    """``webhook-signature``: one ``v1,<signature>`` per secret, space-separated."""
-    return " ".join(Webhook(s).sign(msg_id=msg_id, timestamp=at, data=body) for s in plan_secrets)
-
-
-def headers_for(plan: Plan, at: datetime) -> dict[str, str]:
-    return {
-        "content-type": "application/json",
-        "user-agent": USER_AGENT,
-        "webhook-id": plan.event_id,
-        "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": signature_header(plan.secrets, plan.event_id, at, plan.body),
-    }
 
 
 def retry_after(value: str | None, now: datetime) -> timedelta | None:
@@ -173,11 +113,13 @@ def run_delivery(db: Database, settings: Settings, job: outbox.Claimed) -> str:
         if plan == "endpoint disabled":
             return _cancel(db, delivery_id)
         return plan
-    result = send(plan, settings)
+    result = webhook_http.send(plan, settings)
     return _record(db, plan, result)
 
 
-def _plan(session: Session, delivery_id: str, expected: object, now: datetime) -> Plan | str:
+def _plan(
+    session: Session, delivery_id: str, expected: object, now: datetime
+) -> webhook_http.Plan | str:
     delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is None:
         return "skipped: the delivery no longer exists (its endpoint was deleted)"
@@ -192,13 +134,13 @@ def _plan(session: Session, delivery_id: str, expected: object, now: datetime) -
         return "endpoint disabled"
     event = session.get(NotificationEvent, delivery.event_id)
     assert event is not None
-    return Plan(
+    return webhook_http.Plan(
         delivery_id=delivery.id,
         endpoint_id=endpoint.id,
         number=number,
         url=endpoint.url,
         event_id=event.id,
-        body=body_of(event),
+        body=webhook_http.body_of(event),
         secrets=tuple(webhooks.signing_secrets(endpoint, now)),
     )
 
@@ -215,90 +157,7 @@ def _cancel(db: Database, delivery_id: str) -> str:
     return "cancelled: the endpoint is disabled"
 
 
-def _clean(text: str, limit: int) -> str:
-    """Text as stored: no NUL (PostgreSQL refuses it in text), at most ``limit`` characters."""
-    return text.replace("\x00", "\ufffd")[:limit]
-
-
-def send(plan: Plan, settings: Settings) -> Result:
-    """Make one HTTP attempt (no transaction is open): check the destination again, then POST to an
-    address just checked, trying the next address only when a connection could not be made."""
-    started = clock.now()
-    t0 = time.monotonic()
-
-    def failed(error: str) -> Result:
-        ms = int((time.monotonic() - t0) * 1000)
-        return Result(started, None, ms, error=_clean(error, 500))
-
-    try:
-        target = destinations.resolve_destination(
-            plan.url, allow_private=settings.webhook_allow_private
-        )
-    except destinations.DestinationRefused as exc:
-        return failed(f"{exc.code}: {exc.message}")
-    headers = headers_for(plan, started)
-    url = httpx.URL(plan.url)
-    headers["host"] = url.netloc.decode("ascii")
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    timeout = settings.webhook_timeout_seconds
-    error = "no address to connect to"
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-        for address in target.addresses:
-            request = client.build_request(
-                "POST",
-                url.copy_with(host=address),
-                headers=headers,
-                content=plan.body,
-                extensions=extensions,
-            )
-            try:
-                response = client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                error = (
-                    f"could not connect to {target.host} ({address}): {exc or type(exc).__name__}"
-                )
-                continue
-            except httpx.TimeoutException:
-                return failed(f"timed out: no answer within {timeout:g} s")
-            except httpx.HTTPError as exc:
-                return failed(f"{type(exc).__name__}: {exc}")
-            try:
-                excerpt = _read_excerpt(response)
-            except httpx.TimeoutException:
-                excerpt = "(the body did not arrive in time)"
-            except httpx.HTTPError as exc:
-                excerpt = f"(the body could not be read: {type(exc).__name__})"
-            finally:
-                response.close()
-            ms = int((time.monotonic() - t0) * 1000)
-            status = response.status_code
-            problem = None
-            if 300 <= status < 400:
-                where = response.headers.get("location", "")
-                problem = f"redirects are not followed ({status} to {where or 'nowhere'})"
-            elif not 200 <= status < 300:
-                problem = f"HTTP {status}"
-            return Result(
-                started,
-                status,
-                ms,
-                excerpt=excerpt,
-                error=_clean(problem, 500) if problem else None,
-                retry_after=response.headers.get("retry-after"),
-            )
-    return failed(error)
-
-
-def _read_excerpt(response: httpx.Response) -> str:
-    data = b""
-    for chunk in response.iter_bytes():
-        data += chunk
-        if len(data) >= READ_LIMIT:
-            break
-    return _clean(data[:READ_LIMIT].decode("utf-8", errors="replace"), EXCERPT_CHARS)
-
-
-def _record(db: Database, plan: Plan, result: Result) -> str:
+def _record(db: Database, plan: webhook_http.Plan, result: webhook_http.Result) -> str:
     """Record the attempt, the delivery's new state and the next attempt's job, in one write
     transaction; the endpoint is locked first (then the delivery), as ``webhooks.disable`` does."""
     with db.write() as session:
@@ -338,7 +197,7 @@ def _after_failure(
     session: Session,
     endpoint: WebhookEndpoint,
     delivery: WebhookDelivery,
-    result: Result,
+    result: webhook_http.Result,
     now: datetime,
 ) -> str:
     what = result.error or f"HTTP {result.status_code}"
