@@ -2,9 +2,10 @@
 ratio, the target and PASS or MISS, and a summary table closes the run.
 
 ``--quick`` (``make bench QUICK=1``) runs every benchmark at a small scale in a few minutes; without it
-the scales are the full ones (1M events per ingest run; 10,000 organizations and 1M events for the cycle
-close; the soak sends 10M events over HTTP to each database and compares its last 1M with its first
-1M, and its peak RSS at 10M with that at 1M). See docs/performance.md.
+the scales are the full ones (1M events per ingest run, and per side of the alert-rules comparison;
+10,000 organizations and 1M events for the cycle close; the soak sends 10M events over HTTP to each
+database and compares its last 1M with its first 1M, and its peak RSS at 10M with that at 1M).
+See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -17,9 +18,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import common, cycle_close, gate_http, hot_org, ingest_http, ledger_debit, soak
+from benchmarks import (
+    alerts_ingest,
+    common,
+    cycle_close,
+    gate_http,
+    hot_org,
+    ingest_http,
+    ledger_debit,
+    soak,
+)
 
-BENCHMARKS = ("ledger_debit", "ingest_http", "gate_http", "hot_org", "soak", "cycle_close")
+BENCHMARKS = (
+    "ledger_debit",
+    "ingest_http",
+    "gate_http",
+    "hot_org",
+    "alerts_ingest",
+    "soak",
+    "cycle_close",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             gate_http.main(quick + db)
         elif name == "hot_org":
             hot_org.main(quick + db)
+        elif name == "alerts_ingest":
+            alerts_ingest.main(quick + db)
         elif name == "soak":
             soak.main(quick + db)
         elif name == "cycle_close":
