@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -36,7 +36,9 @@ from sqlalchemy import (
     CheckConstraint,
     Index,
     String,
+    Table,
     and_,
+    bindparam,
     delete,
     func,
     or_,
@@ -234,20 +236,36 @@ def _set_band(balance: LockedBalance, marks: Iterable[_Mark]) -> None:
     balance.band_high_micros = min(highs) if highs else None
 
 
+_BALANCES = cast(Table, Balance.__table__)
+_STORE_BAND = (
+    update(_BALANCES)
+    .where(
+        _BALANCES.c.organization_id == bindparam("b_org"),
+        _BALANCES.c.environment == bindparam("b_env"),
+    )
+    .values(
+        band_low_micros=bindparam("b_low"),
+        band_high_micros=bindparam("b_high"),
+        paused_since=bindparam("b_paused", type_=UTCDateTime()),
+    )
+)
+
+
 def _store_bands(session: Session, balances: Sequence[LockedBalance]) -> None:
-    for b in balances:
-        session.execute(
-            update(Balance)
-            .where(
-                Balance.organization_id == b.organization_id,
-                Balance.environment == b.environment,
-            )
-            .values(
-                band_low_micros=b.band_low_micros,
-                band_high_micros=b.band_high_micros,
-                paused_since=b.paused_since,
-            )
-        )
+    """One statement for every balance (executemany)."""
+    session.connection().execute(
+        _STORE_BAND,
+        [
+            {
+                "b_org": b.organization_id,
+                "b_env": b.environment,
+                "b_low": b.band_low_micros,
+                "b_high": b.band_high_micros,
+                "b_paused": b.paused_since,
+            }
+            for b in balances
+        ],
+    )
 
 
 def sync(
