@@ -47,14 +47,12 @@ def _views(session: Session, deliveries: list[WebhookDelivery]) -> list[Delivery
         .order_by(WebhookAttempt.delivery_id, WebhookAttempt.number, WebhookAttempt.id)
     ):
         attempts[attempt.delivery_id].append(attempt)
-    types = {
-        event_id: type_
-        for event_id, type_ in session.execute(
-            select(NotificationEvent.id, NotificationEvent.type).where(
-                NotificationEvent.id.in_({d.event_id for d in deliveries})
-            )
+    rows = session.execute(
+        select(NotificationEvent.id, NotificationEvent.type).where(
+            NotificationEvent.id.in_({d.event_id for d in deliveries})
         )
-    }
+    )
+    types: dict[str, str] = {row.id: row.type for row in rows}
     return [DeliveryView(d, types.get(d.event_id, ""), attempts[d.id]) for d in deliveries]
 
 
