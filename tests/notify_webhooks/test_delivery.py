@@ -15,7 +15,7 @@ from sqlalchemy import select
 from creditmeter.config import Settings
 from creditmeter.kit import clock, outbox
 from creditmeter.kit.db import Database
-from creditmeter.notify import delivery, email, webhooks
+from creditmeter.notify import delivery, webhooks
 from creditmeter.notify.models import Email, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from creditmeter.orgs import service as orgs
 from creditmeter.orgs.service import Role
@@ -231,8 +231,6 @@ def test_an_endpoint_failing_for_five_days_is_disabled_and_its_admins_are_emaile
     assert pending_jobs(db) == []
     with db.read() as s:
         assert "pending" not in set(s.scalars(select(WebhookDelivery.status)))
-    if not hasattr(email, "queue_direct"):
-        pytest.skip("notify.email.queue_direct is not there yet: the e-mail is not checked")
     with db.read() as s:
         sent = {(m.to_address, m.organization_id) for m in s.scalars(select(Email))}
         subjects = set(s.scalars(select(Email.subject)))
