@@ -45,13 +45,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,49 +72,6 @@ TARGET = 0.95
 LINES = ((3, 4), (1, 2), (1, 4))
 #: Seconds to wait for the worker to publish every alert.
 ALERT_WAIT = 60.0
-
-
-@contextlib.contextmanager
-def serve_with_worker(url: str) -> Iterator[common.Server]:
-    """``creditmeter serve --no-access-log`` with its background worker (``common.serve`` runs without
-    it), on a free port; stopped with SIGINT (then SIGKILL) afterwards."""
-    port = common.free_port()
-    with tempfile.NamedTemporaryFile("w+b", prefix="creditmeter-serve-", suffix=".log") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "creditmeter.cli.main",
-                "serve",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            env={**os.environ, "CREDITMETER_DATABASE_URL": url},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        server = common.Server(f"http://127.0.0.1:{port}", proc, Path(log.name))
-        try:
-            _wait_ready(server)
-            yield server
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_ready(server: common.Server) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server.process.poll() is None:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{server.base}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"creditmeter serve did not start:\n{server.log.read_text()[-3000:]}")
 
 
 @contextlib.contextmanager
@@ -323,7 +278,7 @@ def run_one(
         sides: dict[str, Side] = {}
         for name in ("A", "B"):
             url = stack.enter_context(common.database(kind))
-            server = stack.enter_context(serve_with_worker(url))
+            server = stack.enter_context(common.serve(url, worker=True))
             sides[name] = Side(name, url, server)
         for name, side in sides.items():
             set_up(side, counts, with_rules=name == "B")

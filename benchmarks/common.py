@@ -141,9 +141,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(url: str, workers: int = 1) -> Iterator[Server]:
-    """``creditmeter serve --no-access-log --no-worker`` on a free port, stopped with SIGINT (then
-    SIGKILL) afterwards."""
+def serve(url: str, workers: int = 1, worker: bool = False) -> Iterator[Server]:
+    """``creditmeter serve --no-access-log`` on a free port (``--no-worker`` unless ``worker``),
+    stopped with SIGINT (then SIGKILL) afterwards."""
     port = free_port()
     with tempfile.NamedTemporaryFile("w+b", prefix="creditmeter-serve-", suffix=".log") as log:
         proc = subprocess.Popen(
@@ -157,7 +157,7 @@ def serve(url: str, workers: int = 1) -> Iterator[Server]:
                 "--workers",
                 str(workers),
                 "--no-access-log",
-                "--no-worker",
+                *([] if worker else ["--no-worker"]),
             ],
             env={**os.environ, "CREDITMETER_DATABASE_URL": url},
             stdout=log,

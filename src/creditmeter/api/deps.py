@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -98,6 +98,11 @@ IdempotencyKey = Annotated[
     ),
 ]
 Caller = Annotated[Principal, Depends(get_principal)]
+#: ``?environment=``: operator keys may act on the other environment (``environment_for``).
+Env = Annotated[
+    Literal["live", "test"] | None,
+    Query(description="Operator keys only: the environment to act on (default: the key's)."),
+]
 BearerSecret = Annotated[str, Depends(bearer_secret)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import BaseModel, EmailStr, Field, StringConstraints
 from pydantic.functional_validators import AfterValidator
 from sqlalchemy.orm import Session
@@ -16,6 +16,7 @@ from creditmeter.api.deps import (
     READ_SCOPES,
     Caller,
     Cursor,
+    Env,
     IdempotencyKey,
     Limit,
     authorize_org,
@@ -32,10 +33,6 @@ from creditmeter.orgs import service as orgs
 
 router = APIRouter(prefix="/v1/organizations/{org_id}/alerts", tags=["alerts"])
 
-Env = Annotated[
-    Literal["live", "test"] | None,
-    Query(description="Operator keys only: the environment to act on (default: the key's)."),
-]
 Number = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=40),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI
 from sqlalchemy.orm import Session
 
 from creditmeter.api.deps import (
@@ -14,6 +14,7 @@ from creditmeter.api.deps import (
     DB,
     READ_SCOPES,
     Caller,
+    Env,
     IdempotencyKey,
     authorize_org,
     environment_for,
@@ -44,11 +45,6 @@ async def _load_plans(app: FastAPI) -> AsyncIterator[None]:
 
 
 router = APIRouter(tags=["billing"], lifespan=_load_plans)
-
-Env = Annotated[
-    Literal["live", "test"] | None,
-    Query(description="Operator keys only: the environment to act on (default: the key's)."),
-]
 
 
 def get_catalog(settings: Annotated[Settings, Depends(get_settings)]) -> Catalog:

@@ -16,11 +16,12 @@ from creditmeter.api.deps import (
     READ_SCOPES,
     Caller,
     Cursor,
+    Env,
     Limit,
     authorize_org,
     environment_for,
 )
-from creditmeter.api.routes_billing import Env, Plans
+from creditmeter.api.routes_billing import Plans
 from creditmeter.api.schemas_corrections import CreditNoteOut, CreditNotePage
 from creditmeter.billing import credit_note_pdf, credit_notes
 from creditmeter.billing.models import CreditNote, Invoice

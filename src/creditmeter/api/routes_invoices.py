@@ -19,13 +19,14 @@ from creditmeter.api.deps import (
     READ_SCOPES,
     Caller,
     Cursor,
+    Env,
     Limit,
     authorize_org,
     environment_for,
     json_body,
     require_operator,
 )
-from creditmeter.api.routes_billing import Env, Plans
+from creditmeter.api.routes_billing import Plans
 from creditmeter.api.routes_credit_notes import credit_note_json
 from creditmeter.api.routes_payments import Provider
 from creditmeter.api.schemas_invoices import (

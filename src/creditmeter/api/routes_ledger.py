@@ -6,9 +6,9 @@ import re
 from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,6 +19,7 @@ from creditmeter.api.deps import (
     READ_SCOPES,
     Caller,
     Cursor,
+    Env,
     IdempotencyKey,
     Limit,
     authorize_org,
@@ -53,11 +54,6 @@ from creditmeter.metering import gate
 from creditmeter.orgs import service as orgs
 
 router = APIRouter(prefix="/v1/organizations", tags=["credits"])
-
-Env = Annotated[
-    Literal["live", "test"] | None,
-    Query(description="Operator keys only: the environment to act on (default: the key's)."),
-]
 
 
 def lot_out(lot: Lot) -> dict[str, object]:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +21,7 @@ from creditmeter.api.deps import (
     READ_SCOPES,
     Caller,
     Cursor,
+    Env,
     IdempotencyKey,
     Limit,
     authorize_org,
@@ -84,10 +85,6 @@ async def get_provider(request: Request) -> PaymentProvider:
 
 
 Provider = Annotated[PaymentProvider, Depends(get_provider)]
-Env = Annotated[
-    Literal["live", "test"] | None,
-    Query(description="Operator keys only: the environment to act on (default: the key's)."),
-]
 ORG = "/v1/organizations/{org_id}"
 
 
